@@ -1,0 +1,2 @@
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! ADS protocol (placeholder until written)

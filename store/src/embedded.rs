@@ -1,0 +1,2 @@
+//! Embedded backend (to be written).
+pub struct EmbeddedStore;
