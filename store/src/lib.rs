@@ -19,16 +19,16 @@
 //!   nothing, does not.
 //! - `list(prefix, at)` returns every live key under `prefix` as of revision
 //!   `at` (default: now), sorted by key, with the revision it answered at.
-//!   Asking for a revision at or below the compaction point, or above the
-//!   current revision, is an error ([`StoreError::Compacted`],
-//!   [`StoreError::FutureRevision`]).
+//!   Asking for a revision below the compaction point (the oldest revision
+//!   still readable, set by `compact`), or above the current revision, is an
+//!   error ([`StoreError::Compacted`], [`StoreError::FutureRevision`]).
 //! - `put` and `delete` may be conditional on the key's current
 //!   `mod_revision` ([`Condition`]); a failed condition is
 //!   [`StoreError::Conflict`] and changes nothing.
 //! - `watch(prefix, from)` yields every change with revision `>= from`, in
 //!   revision order, grouped by revision (one [`WatchBatch`] per revision), with
 //!   no gaps and no duplicates, for as long as the stream is held. If `from` is
-//!   at or below the compaction point, or the watcher fell so far behind that
+//!   below the compaction point, or the watcher fell so far behind that
 //!   history it needed was compacted away, the stream yields
 //!   [`WatchItem::Compacted`] and ends: the caller must `list` again and watch
 //!   from the list's revision + 1. A watcher is never silently skipped forward.
@@ -220,14 +220,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Apply puts and deletes atomically at one revision. Puts of a value equal
     /// to the current one and deletes of missing keys are dropped; returns the
-    /// new revision, or `None` if nothing changed.
+    /// new revision, or `None` if nothing changed. A key may appear only once
+    /// in a batch ([`StoreError::Invalid`] otherwise).
     async fn batch(&self, ops: Vec<Op>) -> Result<Option<Revision>, StoreError>;
 
     /// Follow every change under `prefix` from revision `from` on.
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError>;
 
     /// Forget history before `revision`: listing or watching below it answers
-    /// `Compacted`. Compacting at or below the current compaction point is a no-op.
+    /// `Compacted`. Compacting at or below the current compaction point is a no-op;
+    /// compacting above the current revision is `FutureRevision`.
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
 
     /// Grant a lease that expires `ttl` after its last keep-alive.
