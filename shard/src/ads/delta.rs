@@ -1,0 +1,434 @@
+//! Delta (incremental) ADS: the state machine of one stream.
+//!
+//! Per type, the stream tracks what the proxy subscribed to and which
+//! version of each resource it holds; every round it sends only what
+//! differs and removes what the proxy holds but the view no longer has.
+//!
+//! ```text
+//!   request ──▶ settle nonce (ACK / NACK / stale) ─▶ apply (un)subscribe ─┐
+//!   set_view ──────────────────────────────────────────────────────────────┤
+//!                                                                          ▼
+//!        pump: for ty in CDS, EDS, LDS, RDS, SDS (one in flight per type)
+//!          send    = covered view resources whose version != held,
+//!                    + newly subscribed names, + endpoints of sent clusters
+//!                    - versions the proxy rejected
+//!          removed = held names the view no longer has
+//!          held   := held + send - removed    (optimistic; NACK reverts)
+//! ```
+//!
+//! ## Rules and choices
+//! - **Subscriptions.** The first request of a type with an empty
+//!   `resource_names_subscribe` is a legacy wildcard for LDS and CDS (Envoy
+//!   sends `[]` for both); for EDS, RDS and SDS it subscribes to nothing.
+//!   `*` subscribes to the wildcard explicitly, unsubscribing `*` ends it.
+//!   Adding names keeps the wildcard (go-control-plane does the same; Envoy
+//!   re-sends `*` whenever it adds names to a wildcard subscription anyway).
+//!   Unsubscribed names are forgotten without a removal (the proxy dropped
+//!   them itself) unless the wildcard still covers them.
+//! - **Held versions.** Seeded from `initial_resource_versions` on the first
+//!   request of a type (reconnect), so only resources that differ are sent;
+//!   a held resource the view no longer has is removed. Updated optimistically
+//!   when a response is produced. Names listed in `resource_names_subscribe`
+//!   on a later request are sent even if the proxy should already hold them
+//!   (required by the protocol: it may have dropped them before resubscribing).
+//!   A first wildcard request is always answered, even with nothing in it, so
+//!   the proxy's initial fetch completes.
+//! - **NACK.** The versions of the rejected response are reverted to what the
+//!   proxy held before it, and each is remembered as rejected: not sent again
+//!   until that resource's content (hence version) changes. Other resources
+//!   and other types go on as usual. A rejected removal is not repeated while
+//!   the resource stays absent.
+//! - **Stale nonces.** A request whose nonce is not the type's in-flight
+//!   response is neither ACK nor NACK, but its subscription changes still
+//!   apply: Envoy piggybacks pending (un)subscriptions on whatever request it
+//!   sends next, so dropping them (as istiod does) would lose them for good;
+//!   go-control-plane likewise applies subscriptions on every delta request.
+//! - **Make before break** (see the module docs of `ads` for the shared part):
+//!   an endpoint removal is held back while the proxy still holds the
+//!   cluster of that name and that cluster's removal is itself held back
+//!   (Envoy unsubscribes a removed cluster's endpoints on its own).
+//!   Limitation: until a proxy has subscribed to LDS/RDS on this stream
+//!   (e.g. just after a reconnect, where CDS comes first), nothing holds a
+//!   cluster removal back.
+//! - **Endpoints after clusters.** Every cluster sent is followed by its
+//!   `ClusterLoadAssignment` once the proxy subscribes to it, even if the
+//!   proxy holds that version: an updated cluster stays warming until it
+//!   gets one (also across reconnects, where Envoy may subscribe EDS with
+//!   matching initial versions).
+//! - Resource names are plain `resource_names_*`; `resource_locators_*`
+//!   (xdstp dynamic parameters) are not supported and ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
+};
+use envoy_types::pb::google::rpc::Status;
+
+use super::{Nonces, ProtocolError, StreamEvent, to_any};
+use crate::resources::{ProxyView, Resource, ResourceMap, ResourceType};
+
+type Name = Arc<str>;
+type Version = Arc<str>;
+
+/// The sans-IO state of one Delta ADS stream.
+///
+/// Feed it [`handle_request`](Self::handle_request) and
+/// [`set_view`](Self::set_view); after each call, send what
+/// [`take_responses`](Self::take_responses) returns, in order, and log or
+/// count [`take_events`](Self::take_events). Nothing is produced before the
+/// first view is set.
+#[derive(Debug, Default)]
+pub struct DeltaStream {
+    view: Option<Arc<ProxyView>>,
+    types: BTreeMap<ResourceType, TypeState>,
+    /// Clusters sent whose endpoints have not been sent since.
+    endpoints_owed: BTreeSet<Name>,
+    nonces: Nonces,
+    responses: Vec<DeltaDiscoveryResponse>,
+    events: Vec<StreamEvent>,
+}
+
+/// What the stream knows about one type.
+#[derive(Debug, Default)]
+struct TypeState {
+    wildcard: bool,
+    /// Explicitly subscribed names.
+    names: BTreeSet<Name>,
+    /// What the proxy holds (or will, once the in-flight response is
+    /// applied). Always within the subscription.
+    held: BTreeMap<Name, Version>,
+    /// Rejected versions by name; `None`: a rejected removal.
+    rejected: BTreeMap<Name, Option<Version>>,
+    /// Names to send even if held at the view's version.
+    forced: BTreeSet<Name>,
+    in_flight: Option<InFlight>,
+    /// Answer even with an empty response (first wildcard request).
+    answer_empty: bool,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    nonce: String,
+    changes: Vec<HeldChange>,
+}
+
+/// How one response changed `held`, to undo it on NACK.
+#[derive(Debug)]
+struct HeldChange {
+    name: Name,
+    before: Option<Version>,
+    /// The version sent; `None` for a removal.
+    sent: Option<Version>,
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    send: Vec<Arc<Resource>>,
+    remove: Vec<Name>,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.send.is_empty() && self.remove.is_empty()
+    }
+}
+
+impl DeltaStream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Process one request from the proxy.
+    pub fn handle_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), ProtocolError> {
+        if req.type_url.is_empty() {
+            return Err(ProtocolError::MissingTypeUrl);
+        }
+        let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
+            self.events.push(StreamEvent::UnknownType {
+                type_url: req.type_url,
+            });
+            return Ok(());
+        };
+        let first = !self.types.contains_key(&ty);
+        let st = self.types.entry(ty).or_default();
+        if first {
+            // A nonce or error on the first request refers to another stream.
+            st.held = req
+                .initial_resource_versions
+                .into_iter()
+                .map(|(name, version)| (Name::from(name), Version::from(version)))
+                .collect();
+            st.wildcard = req.resource_names_subscribe.is_empty() && ty.sotw_wildcard_by_default();
+        } else if !req.response_nonce.is_empty() {
+            let event = st.settle(ty, req.response_nonce, req.error_detail);
+            self.events.push(event);
+        }
+        for name in req.resource_names_subscribe {
+            if name == "*" {
+                st.wildcard = true;
+                continue;
+            }
+            let name = Name::from(name);
+            if !first {
+                st.forced.insert(name.clone());
+            }
+            st.names.insert(name);
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                st.wildcard = false;
+            } else {
+                st.names.remove(name.as_str());
+                st.forced.remove(name.as_str());
+            }
+        }
+        if first {
+            st.answer_empty = st.wildcard;
+        }
+        st.forget_uncovered();
+        self.pump();
+        Ok(())
+    }
+
+    /// Replace the proxy's view; whatever differs is sent.
+    pub fn set_view(&mut self, view: Arc<ProxyView>) {
+        self.view = Some(view);
+        self.pump();
+    }
+
+    /// Responses produced so far, in the order they must be sent.
+    pub fn take_responses(&mut self) -> Vec<DeltaDiscoveryResponse> {
+        std::mem::take(&mut self.responses)
+    }
+
+    /// Events produced so far.
+    pub fn take_events(&mut self) -> Vec<StreamEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Produce every response that is due, in push order.
+    fn pump(&mut self) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let routing_settled = [ResourceType::Listener, ResourceType::Route]
+            .into_iter()
+            .all(|ty| {
+                self.types
+                    .get(&ty)
+                    .is_none_or(|st| st.in_sync(view.resources(ty)))
+            });
+        // Clusters the proxy still holds although the view dropped them (and
+        // which are not removed in this round).
+        let mut clusters_kept: BTreeSet<Name> = self
+            .types
+            .get(&ResourceType::Cluster)
+            .map(|st| {
+                st.held
+                    .keys()
+                    .filter(|n| !view.clusters.contains_key(*n))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut clusters_queued = false;
+
+        for ty in ResourceType::ALL {
+            let Some(st) = self.types.get_mut(&ty) else {
+                continue;
+            };
+            let map = view.resources(ty);
+            let owed = (ty == ResourceType::Endpoint).then_some(&self.endpoints_owed);
+            let mut plan = st.plan(map, owed);
+            match ty {
+                ResourceType::Cluster if !routing_settled => plan.remove.clear(),
+                ResourceType::Endpoint => plan.remove.retain(|n| !clusters_kept.contains(n)),
+                ResourceType::Listener | ResourceType::Route if clusters_queued => continue,
+                _ => {}
+            }
+            if st.in_flight.is_some() {
+                clusters_queued |= ty == ResourceType::Cluster && !plan.send.is_empty();
+                continue;
+            }
+            st.forced.clear();
+            if plan.is_empty() && !st.answer_empty {
+                continue;
+            }
+            st.answer_empty = false;
+
+            let nonce = self.nonces.next();
+            let mut changes = Vec::with_capacity(plan.send.len() + plan.remove.len());
+            for r in &plan.send {
+                let before = st.held.insert(r.name.clone(), r.version.clone());
+                changes.push(HeldChange {
+                    name: r.name.clone(),
+                    before,
+                    sent: Some(r.version.clone()),
+                });
+            }
+            for name in &plan.remove {
+                let before = st.held.remove(name);
+                changes.push(HeldChange {
+                    name: name.clone(),
+                    before,
+                    sent: None,
+                });
+            }
+            st.in_flight = Some(InFlight {
+                nonce: nonce.clone(),
+                changes,
+            });
+            match ty {
+                ResourceType::Cluster => {
+                    self.endpoints_owed
+                        .extend(plan.send.iter().map(|r| r.name.clone()));
+                    for name in &plan.remove {
+                        self.endpoints_owed.remove(name);
+                        clusters_kept.remove(name);
+                    }
+                }
+                ResourceType::Endpoint => {
+                    for r in &plan.send {
+                        self.endpoints_owed.remove(&r.name);
+                    }
+                }
+                _ => {}
+            }
+            self.events.push(StreamEvent::Pushed {
+                ty,
+                nonce: nonce.clone(),
+                resources: plan.send.len(),
+                removed: plan.remove.len(),
+            });
+            self.responses.push(DeltaDiscoveryResponse {
+                system_version_info: view.revision.to_string(),
+                resources: plan
+                    .send
+                    .iter()
+                    .map(|r| XdsResource {
+                        name: r.name.to_string(),
+                        version: r.version.to_string(),
+                        resource: Some(to_any(ty, r)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                type_url: ty.type_url().to_string(),
+                removed_resources: plan.remove.iter().map(|n| n.to_string()).collect(),
+                nonce,
+                ..Default::default()
+            });
+        }
+        self.endpoints_owed
+            .retain(|n| view.clusters.contains_key(n));
+    }
+}
+
+impl TypeState {
+    fn covers(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// The proxy drops what it no longer subscribes to.
+    fn forget_uncovered(&mut self) {
+        if self.wildcard {
+            return;
+        }
+        let names = &self.names;
+        self.held.retain(|n, _| names.contains(n));
+        self.rejected.retain(|n, _| names.contains(n));
+    }
+
+    /// Call `f` for each resource of `map` the subscription covers.
+    fn for_each_covered<'a>(&self, map: &'a ResourceMap, mut f: impl FnMut(&'a Arc<Resource>)) {
+        if self.wildcard {
+            map.values().for_each(f);
+        } else {
+            for name in &self.names {
+                if let Some(r) = map.get(name) {
+                    f(r);
+                }
+            }
+        }
+    }
+
+    /// Whether the proxy holds (and has acknowledged) exactly what the view
+    /// has for this subscription.
+    fn in_sync(&self, map: &ResourceMap) -> bool {
+        if self.in_flight.is_some() {
+            return false;
+        }
+        let mut synced = self
+            .held
+            .iter()
+            .all(|(n, v)| map.get(n).is_some_and(|r| r.version == *v));
+        self.for_each_covered(map, |r| synced &= self.held.contains_key(&r.name));
+        synced
+    }
+
+    /// ACK or NACK of the in-flight response, or a stale nonce.
+    fn settle(&mut self, ty: ResourceType, nonce: String, error: Option<Status>) -> StreamEvent {
+        let Some(in_flight) = self.in_flight.take_if(|f| f.nonce == nonce) else {
+            return StreamEvent::StaleNonce {
+                ty,
+                nonce,
+                nack_message: error.map(|e| e.message),
+            };
+        };
+        let Some(error) = error else {
+            return StreamEvent::Ack { ty, nonce };
+        };
+        let names = in_flight.changes.iter().map(|c| c.name.clone()).collect();
+        for change in in_flight.changes {
+            if !self.covers(&change.name) {
+                continue;
+            }
+            match change.before {
+                Some(version) => self.held.insert(change.name.clone(), version),
+                None => self.held.remove(&change.name),
+            };
+            self.rejected.insert(change.name, change.sent);
+        }
+        StreamEvent::Nack {
+            ty,
+            nonce,
+            names,
+            code: error.code,
+            message: error.message,
+        }
+    }
+
+    /// What this type would send now; `owed` names are sent even if held.
+    fn plan(&mut self, map: &ResourceMap, owed: Option<&BTreeSet<Name>>) -> Plan {
+        // A rejection lasts while the rejected content is what the view has.
+        let held = &self.held;
+        self.rejected.retain(|n, v| match v {
+            Some(v) => map.get(n).is_some_and(|r| r.version == *v),
+            None => !map.contains_key(n) && held.contains_key(n),
+        });
+        let mut plan = Plan::default();
+        self.for_each_covered(map, |r| {
+            if self
+                .rejected
+                .get(&r.name)
+                .is_some_and(|v| v.as_ref() == Some(&r.version))
+            {
+                return;
+            }
+            if self.held.get(&r.name) != Some(&r.version)
+                || self.forced.contains(&r.name)
+                || owed.is_some_and(|o| o.contains(&r.name))
+            {
+                plan.send.push(r.clone());
+            }
+        });
+        plan.remove = self
+            .held
+            .keys()
+            .filter(|n| !map.contains_key(*n) && !matches!(self.rejected.get(*n), Some(None)))
+            .cloned()
+            .collect();
+        plan
+    }
+}

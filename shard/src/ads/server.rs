@@ -1,0 +1,355 @@
+//! The tonic edge: one task per ADS stream, a `select!` loop over the
+//! proxy's requests, its view and the response channel, around a sans-IO
+//! [`DeltaStream`] or [`SotwStream`].
+//!
+//! Each stream owns its task, its view receiver and a small bounded response
+//! channel, so a slow or rejecting proxy only ever waits on itself.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{DeltaStream, ProtocolError, ProxySubscription, SotwStream, StreamEvent, ViewSource};
+use crate::resources::{ProxyView, ResourceType};
+
+/// Responses buffered per stream before the stream's task waits for the
+/// proxy (at most one per type is in flight anyway).
+const RESPONSE_BUFFER: usize = 8;
+
+const NO_NODE: &str = "the first ADS request carries no node; set node.id (for Istio proxies \
+                       TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local) in the bootstrap";
+
+/// Counters a `/metrics` endpoint can read, named after istiod's.
+#[derive(Debug, Default)]
+pub struct AdsMetrics {
+    connected: AtomicI64,
+    pushes: [AtomicU64; ResourceType::ALL.len()],
+    rejects: AtomicU64,
+}
+
+impl AdsMetrics {
+    /// `pilot_xds`: proxies connected now.
+    pub fn connected_proxies(&self) -> i64 {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// `pilot_xds_pushes{type}`: responses sent of this type.
+    pub fn pushes(&self, ty: ResourceType) -> u64 {
+        self.pushes[ty as usize].load(Ordering::Relaxed)
+    }
+
+    /// `pilot_total_xds_rejects`: responses proxies rejected (NACKs).
+    pub fn rejects(&self) -> u64 {
+        self.rejects.load(Ordering::Relaxed)
+    }
+
+    fn connect(self: &Arc<Self>) -> ConnectedGuard {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        ConnectedGuard(self.clone())
+    }
+}
+
+struct ConnectedGuard(Arc<AdsMetrics>);
+
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The ADS gRPC service: Delta and State-of-the-World on one server.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # async fn serve(views: Arc<dyn meshplane_shard::ads::ViewSource>) -> Result<(), Box<dyn std::error::Error>> {
+/// let ads = meshplane_shard::ads::AdsServer::new(views);
+/// let metrics = ads.metrics(); // for /metrics
+/// tonic::transport::Server::builder()
+///     .add_service(ads.into_service())
+///     .serve("0.0.0.0:15010".parse()?)
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AdsServer {
+    source: Arc<dyn ViewSource>,
+    metrics: Arc<AdsMetrics>,
+}
+
+impl fmt::Debug for AdsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdsServer")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdsServer {
+    pub fn new(source: Arc<dyn ViewSource>) -> Self {
+        Self {
+            source,
+            metrics: Arc::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> Arc<AdsMetrics> {
+        self.metrics.clone()
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+
+    /// Read the first request, subscribe the proxy, and spawn its stream.
+    async fn start<P: Protocol>(
+        &self,
+        mut inbound: Streaming<P::Request>,
+    ) -> Result<Response<ReceiverStream<Result<P::Response, Status>>>, Status> {
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::cancelled("stream ended before its first request"))?;
+        let node = P::node(&first).ok_or_else(|| Status::invalid_argument(NO_NODE))?;
+        let subscription = self.source.subscribe(node).inspect_err(
+            |err| tracing::warn!(node = %node.id, "refusing {} ADS stream: {err}", P::NAME),
+        )?;
+        tracing::info!(proxy = %subscription.proxy_id, "{} ADS stream connected", P::NAME);
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(run_stream(
+            P::default(),
+            first,
+            inbound,
+            subscription,
+            tx,
+            self.metrics.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.start::<SotwStream>(request.into_inner()).await
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.start::<DeltaStream>(request.into_inner()).await
+    }
+}
+
+/// What the stream loop needs from a protocol core.
+trait Protocol: Default + Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    const NAME: &'static str;
+    fn node(req: &Self::Request) -> Option<&Node>;
+    fn handle_request(&mut self, req: Self::Request) -> Result<(), ProtocolError>;
+    fn set_view(&mut self, view: Arc<ProxyView>);
+    fn take_responses(&mut self) -> Vec<Self::Response>;
+    fn take_events(&mut self) -> Vec<StreamEvent>;
+}
+
+impl Protocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+    fn node(req: &Self::Request) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn handle_request(&mut self, req: Self::Request) -> Result<(), ProtocolError> {
+        DeltaStream::handle_request(self, req)
+    }
+    fn set_view(&mut self, view: Arc<ProxyView>) {
+        DeltaStream::set_view(self, view)
+    }
+    fn take_responses(&mut self) -> Vec<Self::Response> {
+        DeltaStream::take_responses(self)
+    }
+    fn take_events(&mut self) -> Vec<StreamEvent> {
+        DeltaStream::take_events(self)
+    }
+}
+
+impl Protocol for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "sotw";
+    fn node(req: &Self::Request) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn handle_request(&mut self, req: Self::Request) -> Result<(), ProtocolError> {
+        SotwStream::handle_request(self, req)
+    }
+    fn set_view(&mut self, view: Arc<ProxyView>) {
+        SotwStream::set_view(self, view)
+    }
+    fn take_responses(&mut self) -> Vec<Self::Response> {
+        SotwStream::take_responses(self)
+    }
+    fn take_events(&mut self) -> Vec<StreamEvent> {
+        SotwStream::take_events(self)
+    }
+}
+
+async fn run_stream<P: Protocol>(
+    mut core: P,
+    first: P::Request,
+    mut inbound: Streaming<P::Request>,
+    subscription: ProxySubscription,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+    metrics: Arc<AdsMetrics>,
+) where
+    Streaming<P::Request>: tokio_stream::Stream<Item = Result<P::Request, Status>> + Unpin,
+{
+    let ProxySubscription {
+        proxy_id,
+        mut views,
+        _registration: registration,
+    } = subscription;
+    let connected = metrics.connect();
+    core.set_view(views.borrow_and_update().clone());
+    let mut request = Some(first);
+    loop {
+        if let Some(req) = request.take()
+            && let Err(err) = core.handle_request(req)
+        {
+            tracing::warn!(proxy = %proxy_id, "closing ADS stream: {err}");
+            let _ = tx
+                .send(Err(Status::invalid_argument(err.to_string())))
+                .await;
+            break;
+        }
+        if !flush(&mut core, &tx, &proxy_id, &metrics).await {
+            break;
+        }
+        tokio::select! {
+            msg = inbound.next() => match msg {
+                Some(Ok(req)) => request = Some(req),
+                Some(Err(status)) => {
+                    tracing::debug!(proxy = %proxy_id, "ADS stream error: {status}");
+                    break;
+                }
+                None => break,
+            },
+            changed = views.changed() => {
+                if changed.is_err() {
+                    let status = Status::unavailable("this shard stopped serving the proxy; reconnect");
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+                let view = views.borrow_and_update().clone();
+                core.set_view(view);
+            }
+            () = tx.closed() => break,
+        }
+    }
+    tracing::info!(proxy = %proxy_id, "{} ADS stream closed", P::NAME);
+    drop(connected);
+    drop(registration);
+}
+
+/// Log and count events, then send responses; false once the proxy is gone.
+async fn flush<P: Protocol>(
+    core: &mut P,
+    tx: &mpsc::Sender<Result<P::Response, Status>>,
+    proxy_id: &str,
+    metrics: &AdsMetrics,
+) -> bool {
+    for event in core.take_events() {
+        match event {
+            StreamEvent::Ack { ty, nonce } => {
+                tracing::debug!(proxy = %proxy_id, %ty, %nonce, "ACK")
+            }
+            StreamEvent::Nack {
+                ty,
+                nonce,
+                names,
+                code,
+                message,
+            } => {
+                metrics.rejects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    proxy = %proxy_id, %ty, %nonce, code, resources = %NameList(&names),
+                    "proxy rejected config (NACK): {message}"
+                );
+            }
+            StreamEvent::StaleNonce {
+                ty,
+                nonce,
+                nack_message: Some(message),
+            } => {
+                metrics.rejects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    proxy = %proxy_id, %ty, %nonce,
+                    "proxy rejected a superseded response (NACK): {message}"
+                );
+            }
+            StreamEvent::StaleNonce {
+                ty,
+                nonce,
+                nack_message: None,
+            } => {
+                tracing::debug!(proxy = %proxy_id, %ty, %nonce, "stale nonce")
+            }
+            StreamEvent::UnknownType { type_url } => {
+                tracing::debug!(proxy = %proxy_id, %type_url, "ignoring request for unserved type")
+            }
+            StreamEvent::Pushed {
+                ty,
+                nonce,
+                resources,
+                removed,
+            } => {
+                metrics.pushes[ty as usize].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(proxy = %proxy_id, %ty, %nonce, resources, removed, "push");
+            }
+        }
+    }
+    for response in core.take_responses() {
+        if tx.send(Ok(response)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Up to ten names, then a count.
+struct NameList<'a>(&'a [Arc<str>]);
+
+impl fmt::Display for NameList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 10;
+        for (i, name) in self.0.iter().take(SHOWN).enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(name)?;
+        }
+        if self.0.len() > SHOWN {
+            write!(f, " (+{} more)", self.0.len() - SHOWN)?;
+        }
+        Ok(())
+    }
+}

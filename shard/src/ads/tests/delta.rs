@@ -1,0 +1,622 @@
+//! `DeltaStream`: every protocol case as a plain synchronous test.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status;
+
+use super::{CDS, EDS, LDS, RDS, version, view};
+use crate::ads::{DeltaStream, ProtocolError, StreamEvent};
+use crate::resources::{ProxyView, ResourceType};
+
+/// A request builder.
+struct Req(DeltaDiscoveryRequest);
+
+fn req(ty: ResourceType) -> Req {
+    Req(DeltaDiscoveryRequest {
+        type_url: ty.type_url().to_string(),
+        ..Default::default()
+    })
+}
+
+impl Req {
+    fn sub(mut self, names: &[&str]) -> Self {
+        self.0
+            .resource_names_subscribe
+            .extend(names.iter().map(|n| n.to_string()));
+        self
+    }
+    fn unsub(mut self, names: &[&str]) -> Self {
+        self.0
+            .resource_names_unsubscribe
+            .extend(names.iter().map(|n| n.to_string()));
+        self
+    }
+    fn ack(mut self, nonce: &str) -> Self {
+        self.0.response_nonce = nonce.to_string();
+        self
+    }
+    fn nack(self, nonce: &str, message: &str) -> Self {
+        let mut r = self.ack(nonce);
+        r.0.error_detail = Some(Status {
+            code: 3,
+            message: message.to_string(),
+            details: vec![],
+        });
+        r
+    }
+    fn initial(mut self, versions: &[(&str, &str)]) -> Self {
+        self.0.initial_resource_versions = versions
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        self
+    }
+}
+
+/// A stream with a view, and what it said last.
+struct Proxy {
+    stream: DeltaStream,
+}
+
+impl Proxy {
+    fn new(view: Arc<ProxyView>) -> Self {
+        let mut stream = DeltaStream::new();
+        stream.set_view(view);
+        assert!(
+            stream.take_responses().is_empty(),
+            "nothing is sent before a request"
+        );
+        Self { stream }
+    }
+
+    fn send(&mut self, req: Req) -> Vec<DeltaDiscoveryResponse> {
+        self.stream.handle_request(req.0).expect("valid request");
+        self.stream.take_responses()
+    }
+
+    fn push(&mut self, view: Arc<ProxyView>) -> Vec<DeltaDiscoveryResponse> {
+        self.stream.set_view(view);
+        self.stream.take_responses()
+    }
+
+    fn events(&mut self) -> Vec<StreamEvent> {
+        self.stream
+            .take_events()
+            .into_iter()
+            .filter(|e| !matches!(e, StreamEvent::Pushed { .. }))
+            .collect()
+    }
+
+    /// Send a request that must produce exactly one response, and return it.
+    fn send_one(&mut self, req: Req) -> DeltaDiscoveryResponse {
+        one(self.send(req))
+    }
+
+    fn push_one(&mut self, view: Arc<ProxyView>) -> DeltaDiscoveryResponse {
+        one(self.push(view))
+    }
+}
+
+fn one(mut responses: Vec<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+    assert_eq!(
+        responses.len(),
+        1,
+        "expected one response, got {:#?}",
+        summary(&responses)
+    );
+    responses.remove(0)
+}
+
+/// (type, sent names, removed names) of each response.
+fn summary(responses: &[DeltaDiscoveryResponse]) -> Vec<(&'static str, Vec<String>, Vec<String>)> {
+    responses
+        .iter()
+        .map(|r| {
+            let ty = ResourceType::from_type_url(&r.type_url)
+                .expect("known type")
+                .short();
+            (ty, sent(r), r.removed_resources.clone())
+        })
+        .collect()
+}
+
+fn sent(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    r.resources.iter().map(|r| r.name.clone()).collect()
+}
+
+fn s(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+/// A mesh with two clusters (with endpoints), one listener and one route.
+fn mesh(revision: i64) -> super::ViewBuilder {
+    view(revision)
+        .with(CDS, "c1", "cluster one")
+        .with(CDS, "c2", "cluster two")
+        .with(EDS, "c1", "endpoints one")
+        .with(EDS, "c2", "endpoints two")
+        .with(LDS, "l1", "listener one")
+        .with(RDS, "r1", "route one")
+}
+
+/// A proxy that subscribed to everything in `mesh` and ACKed it all.
+fn synced_proxy() -> Proxy {
+    let mut p = Proxy::new(mesh(1).build());
+    let cds = p.send_one(req(CDS));
+    let eds = p.send_one(req(EDS).sub(&["c1", "c2"]));
+    assert!(p.send(req(CDS).ack(&cds.nonce)).is_empty());
+    let lds = p.send_one(req(LDS));
+    let rds = p.send_one(req(RDS).sub(&["r1"]));
+    assert!(p.send(req(EDS).ack(&eds.nonce)).is_empty());
+    assert!(p.send(req(LDS).ack(&lds.nonce)).is_empty());
+    assert!(p.send(req(RDS).ack(&rds.nonce)).is_empty());
+    p.events();
+    p
+}
+
+#[test]
+fn initial_wildcard_cds_and_lds() {
+    let mut p = Proxy::new(mesh(7).build());
+    let cds = p.send_one(req(CDS));
+    assert_eq!(cds.type_url, CDS.type_url());
+    assert_eq!(cds.system_version_info, "7");
+    assert_eq!(sent(&cds), s(&["c1", "c2"]));
+    assert!(cds.removed_resources.is_empty());
+    let c1 = &cds.resources[0];
+    assert_eq!(c1.version, version("cluster one"));
+    let any = c1.resource.as_ref().expect("resource body");
+    assert_eq!(any.type_url, CDS.type_url());
+    assert_eq!(any.value, b"cluster one");
+
+    let lds = p.send_one(req(LDS));
+    assert_eq!(sent(&lds), s(&["l1"]));
+    assert_ne!(lds.nonce, cds.nonce, "every response has a fresh nonce");
+
+    assert!(p.send(req(CDS).ack(&cds.nonce)).is_empty());
+    assert!(p.send(req(LDS).ack(&lds.nonce)).is_empty());
+    assert_eq!(
+        p.events(),
+        vec![
+            StreamEvent::Ack {
+                ty: CDS,
+                nonce: cds.nonce.clone()
+            },
+            StreamEvent::Ack {
+                ty: LDS,
+                nonce: lds.nonce.clone()
+            },
+        ]
+    );
+}
+
+#[test]
+fn first_wildcard_request_is_answered_even_when_empty() {
+    let mut p = Proxy::new(view(1).build());
+    let cds = p.send_one(req(CDS));
+    assert!(cds.resources.is_empty() && cds.removed_resources.is_empty());
+    // Named subscriptions to resources that do not exist: nothing to say.
+    assert!(p.send(req(EDS).sub(&["nope"])).is_empty());
+    assert!(p.send(req(CDS).ack(&cds.nonce)).is_empty());
+}
+
+#[test]
+fn eds_and_rds_by_name() {
+    let mut p = Proxy::new(mesh(1).with(RDS, "r2", "route two").build());
+    assert!(
+        p.send(req(EDS)).is_empty(),
+        "an empty first EDS request subscribes to nothing"
+    );
+    let eds = p.send_one(req(EDS).sub(&["c1"]));
+    assert_eq!(sent(&eds), s(&["c1"]));
+    let rds = p.send_one(req(RDS).sub(&["r2"]));
+    assert_eq!(sent(&rds), s(&["r2"]));
+    p.send(req(EDS).ack(&eds.nonce));
+    // Adding a name sends only that name.
+    let eds = p.send_one(req(EDS).sub(&["c2"]));
+    assert_eq!(sent(&eds), s(&["c2"]));
+}
+
+#[test]
+fn ack_then_change_sends_only_the_change() {
+    let mut p = synced_proxy();
+    let r = p.push_one(mesh(2).with(LDS, "l1", "listener one v2").build());
+    assert_eq!(
+        summary(std::slice::from_ref(&r)),
+        vec![("lds", s(&["l1"]), vec![])]
+    );
+    assert_eq!(r.system_version_info, "2");
+    assert_eq!(r.resources[0].version, version("listener one v2"));
+}
+
+#[test]
+fn one_response_in_flight_per_type() {
+    let mut p = synced_proxy();
+    let first = p.push_one(mesh(2).with(EDS, "c1", "v2").build());
+    // Not ACKed yet: further changes wait, and coalesce.
+    assert!(
+        p.push(mesh(3).with(EDS, "c1", "v3").with(EDS, "c2", "v3").build())
+            .is_empty()
+    );
+    assert!(
+        p.push(mesh(4).with(EDS, "c1", "v2").with(EDS, "c2", "v4").build())
+            .is_empty()
+    );
+    let next = p.send_one(req(EDS).ack(&first.nonce));
+    assert_eq!(
+        sent(&next),
+        s(&["c2"]),
+        "c1 is back to what the proxy holds"
+    );
+    assert_eq!(next.resources[0].version, version("v4"));
+}
+
+#[test]
+fn nack_is_not_recorded_and_not_resent_until_content_changes() {
+    let mut p = synced_proxy();
+    let bad = p.push_one(mesh(2).with(EDS, "c1", "bad").build());
+    assert!(
+        p.send(req(EDS).nack(&bad.nonce, "c1: invalid weight"))
+            .is_empty()
+    );
+    assert_eq!(
+        p.events(),
+        vec![StreamEvent::Nack {
+            ty: EDS,
+            nonce: bad.nonce.clone(),
+            names: vec!["c1".into()],
+            code: 3,
+            message: "c1: invalid weight".into(),
+        }]
+    );
+
+    // Another resource changes: only it is sent, not the rejected c1.
+    let r = p.push_one(
+        mesh(3)
+            .with(EDS, "c1", "bad")
+            .with(EDS, "c2", "two v2")
+            .build(),
+    );
+    assert_eq!(sent(&r), s(&["c2"]));
+    p.send(req(EDS).ack(&r.nonce));
+    assert!(
+        p.push(
+            mesh(4)
+                .with(EDS, "c1", "bad")
+                .with(EDS, "c2", "two v2")
+                .build()
+        )
+        .is_empty()
+    );
+
+    // The view goes back to what the proxy had: nothing to send (the NACKed
+    // version was not recorded as held).
+    assert!(p.push(mesh(5).with(EDS, "c2", "two v2").build()).is_empty());
+}
+
+#[test]
+fn fixed_content_is_sent_after_nack() {
+    let mut p = synced_proxy();
+    let bad = p.push_one(mesh(2).with(EDS, "c1", "bad").build());
+    p.send(req(EDS).nack(&bad.nonce, "invalid"));
+    let fixed = p.push_one(mesh(3).with(EDS, "c1", "good").build());
+    assert_eq!(sent(&fixed), s(&["c1"]));
+    assert_eq!(fixed.resources[0].version, version("good"));
+}
+
+#[test]
+fn nack_leaves_other_types_and_resources_alone() {
+    let mut p = synced_proxy();
+    let lds = p.push_one(mesh(2).with(LDS, "l1", "bad listener").build());
+    p.send(req(LDS).nack(&lds.nonce, "bad filter"));
+    let responses = p.push(
+        mesh(3)
+            .with(LDS, "l1", "bad listener")
+            .with(LDS, "l2", "listener two")
+            .with(EDS, "c1", "endpoints v2")
+            .build(),
+    );
+    assert_eq!(
+        summary(&responses),
+        vec![("eds", s(&["c1"]), vec![]), ("lds", s(&["l2"]), vec![])]
+    );
+}
+
+#[test]
+fn nacked_removal_is_not_repeated() {
+    let mut p = synced_proxy();
+    let add = p.push_one(mesh(2).with(LDS, "l2", "listener two").build());
+    p.send(req(LDS).ack(&add.nonce));
+    let removal = p.push_one(mesh(3).build());
+    assert_eq!(removal.removed_resources, s(&["l2"]));
+    p.send(req(LDS).nack(&removal.nonce, "cannot remove"));
+    assert!(p.push(mesh(4).build()).is_empty());
+    // It comes back: the proxy holds it at that version, nothing to send.
+    assert!(
+        p.push(mesh(5).with(LDS, "l2", "listener two").build())
+            .is_empty()
+    );
+}
+
+#[test]
+fn stale_nonce_is_no_ack_but_subscriptions_apply() {
+    let mut p = Proxy::new(mesh(1).with(EDS, "c3", "endpoints three").build());
+    let first = p.send_one(req(EDS).sub(&["c1"]));
+    p.send(req(EDS).ack(&first.nonce));
+    let second = p.push_one(
+        mesh(2)
+            .with(EDS, "c1", "endpoints v2")
+            .with(EDS, "c3", "e3")
+            .build(),
+    );
+    p.events();
+
+    // The first nonce again, with a new subscription: not an ACK of `second`.
+    assert!(
+        p.send(req(EDS).ack(&first.nonce).sub(&["c3"])).is_empty(),
+        "second is in flight"
+    );
+    assert_eq!(
+        p.events(),
+        vec![StreamEvent::StaleNonce {
+            ty: EDS,
+            nonce: first.nonce.clone(),
+            nack_message: None
+        }]
+    );
+    // A stale NACK does not revert anything either.
+    p.send(req(EDS).nack(&first.nonce, "old news"));
+    assert!(matches!(
+        p.events()[..],
+        [StreamEvent::StaleNonce {
+            nack_message: Some(_),
+            ..
+        }]
+    ));
+
+    // The subscription made it: c3 follows the ACK of `second`.
+    let third = p.send_one(req(EDS).ack(&second.nonce));
+    assert_eq!(sent(&third), s(&["c3"]));
+}
+
+#[test]
+fn subscribe_unsubscribe_resubscribe() {
+    let mut p = Proxy::new(mesh(1).build());
+    let eds = p.send_one(req(EDS).sub(&["c1", "c2"]));
+    p.send(req(EDS).ack(&eds.nonce));
+    assert!(
+        p.send(req(EDS).unsub(&["c1"])).is_empty(),
+        "unsubscribing needs no answer"
+    );
+    // The proxy no longer wants c1: its removal is not announced.
+    assert!(
+        p.push(view(2).with(EDS, "c2", "endpoints two").build())
+            .is_empty()
+    );
+    assert!(p.push(mesh(3).build()).is_empty());
+    // Subscribing again sends it even though nothing changed.
+    let again = p.send_one(req(EDS).sub(&["c1"]));
+    assert_eq!(sent(&again), s(&["c1"]));
+    p.send(req(EDS).ack(&again.nonce));
+    // Resubscribing something already held sends it again too.
+    let again = p.send_one(req(EDS).sub(&["c2"]));
+    assert_eq!(sent(&again), s(&["c2"]));
+}
+
+#[test]
+fn explicit_wildcard_subscribe_and_unsubscribe() {
+    let mut p = Proxy::new(mesh(1).with(CDS, "c3", "three").build());
+    let cds = p.send_one(req(CDS).sub(&["*", "c1"]));
+    assert_eq!(sent(&cds), s(&["c1", "c2", "c3"]));
+    p.send(req(CDS).ack(&cds.nonce));
+    // Leaving the wildcard keeps only c1; the rest is forgotten, not removed.
+    assert!(p.send(req(CDS).unsub(&["*"])).is_empty());
+    assert!(
+        p.push(view(2).with(CDS, "c1", "cluster one").build())
+            .is_empty()
+    );
+    let r = p.push_one(view(3).build());
+    assert_eq!(r.removed_resources, s(&["c1"]));
+}
+
+#[test]
+fn add_remove_add() {
+    let mut p = synced_proxy();
+    let add = p.push_one(mesh(2).with(CDS, "c3", "three").build());
+    assert_eq!(sent(&add), s(&["c3"]));
+    p.send(req(CDS).ack(&add.nonce));
+    let remove = p.push_one(mesh(3).build());
+    assert_eq!(
+        summary(std::slice::from_ref(&remove)),
+        vec![("cds", vec![], s(&["c3"]))]
+    );
+    p.send(req(CDS).ack(&remove.nonce));
+    let add = p.push_one(mesh(4).with(CDS, "c3", "three").build());
+    assert_eq!(sent(&add), s(&["c3"]));
+}
+
+#[test]
+fn reconnect_sends_only_what_differs() {
+    let mut p = Proxy::new(mesh(9).with(CDS, "c3", "three").build());
+    let cds = p.send_one(req(CDS).initial(&[
+        ("c1", &version("cluster one")),
+        ("c2", "an older version"),
+        ("gone", "whatever"),
+    ]));
+    assert_eq!(
+        summary(&[cds]),
+        vec![("cds", s(&["c2", "c3"]), s(&["gone"]))]
+    );
+
+    // Everything up to date: no EDS response at all...
+    assert!(
+        p.send(
+            req(EDS)
+                .sub(&["c1"])
+                .initial(&[("c1", &version("endpoints one"))])
+        )
+        .is_empty()
+    );
+    // ...and a vanished named resource is removed.
+    let rds = p.send_one(
+        req(RDS)
+            .sub(&["r1", "r9"])
+            .initial(&[("r1", &version("route one")), ("r9", "v")]),
+    );
+    assert_eq!(summary(&[rds]), vec![("rds", vec![], s(&["r9"]))]);
+}
+
+#[test]
+fn updated_cluster_is_followed_by_its_endpoints() {
+    let mut p = synced_proxy();
+    let responses = p.push(mesh(2).with(CDS, "c1", "cluster one v2").build());
+    assert_eq!(
+        summary(&responses),
+        vec![("cds", s(&["c1"]), vec![]), ("eds", s(&["c1"]), vec![])],
+        "Envoy warms an updated cluster until it gets its endpoints again"
+    );
+}
+
+#[test]
+fn reconnect_with_updated_cluster_resends_its_endpoints() {
+    let mut p = Proxy::new(mesh(2).build());
+    let cds = p.send_one(req(CDS).initial(&[("c1", "old"), ("c2", &version("cluster two"))]));
+    assert_eq!(sent(&cds), s(&["c1"]));
+    // EDS reconnects claiming current endpoints; c1's are sent all the same.
+    let eds = p.send_one(req(EDS).sub(&["c1", "c2"]).initial(&[
+        ("c1", &version("endpoints one")),
+        ("c2", &version("endpoints two")),
+    ]));
+    assert_eq!(sent(&eds), s(&["c1"]));
+}
+
+#[test]
+fn responses_follow_push_order() {
+    let mut p = synced_proxy();
+    let responses = p.push(
+        view(2)
+            .with(CDS, "c1", "c1 v2")
+            .with(CDS, "c2", "cluster two")
+            .with(EDS, "c1", "e1 v2")
+            .with(EDS, "c2", "endpoints two")
+            .with(LDS, "l1", "l1 v2")
+            .with(RDS, "r1", "r1 v2")
+            .build(),
+    );
+    let order: Vec<_> = summary(&responses).into_iter().map(|(ty, ..)| ty).collect();
+    assert_eq!(order, vec!["cds", "eds", "lds", "rds"]);
+}
+
+#[test]
+fn cluster_removal_waits_for_listeners_and_routes() {
+    let mut p = synced_proxy();
+    // c2 goes away together with the listener and route changes that stop
+    // using it.
+    let next = view(2)
+        .with(CDS, "c1", "cluster one")
+        .with(EDS, "c1", "endpoints one")
+        .with(LDS, "l1", "listener one without c2")
+        .with(RDS, "r1", "route one without c2")
+        .build();
+    let responses = p.push(next.clone());
+    assert_eq!(
+        summary(&responses),
+        vec![("lds", s(&["l1"]), vec![]), ("rds", s(&["r1"]), vec![]),]
+    );
+    assert!(
+        p.send(req(LDS).ack(&responses[0].nonce)).is_empty(),
+        "the route is not ACKed yet"
+    );
+    let removals = p.send(req(RDS).ack(&responses[1].nonce));
+    assert_eq!(
+        summary(&removals),
+        vec![("cds", vec![], s(&["c2"])), ("eds", vec![], s(&["c2"]))]
+    );
+}
+
+#[test]
+fn cluster_removal_waits_while_a_listener_is_rejected() {
+    let mut p = synced_proxy();
+    let next = view(2)
+        .with(CDS, "c1", "cluster one")
+        .with(EDS, "c1", "endpoints one")
+        .with(EDS, "c2", "endpoints two")
+        .with(LDS, "l1", "listener without c2")
+        .with(RDS, "r1", "route one")
+        .build();
+    let lds = p.push_one(next.clone());
+    p.send(req(LDS).nack(&lds.nonce, "bad listener"));
+    // The proxy still routes to c2 with its old listener: c2 stays.
+    assert!(p.push(next).is_empty());
+    let fixed = p.push_one(
+        view(3)
+            .with(CDS, "c1", "cluster one")
+            .with(EDS, "c1", "endpoints one")
+            .with(EDS, "c2", "endpoints two")
+            .with(LDS, "l1", "fixed listener without c2")
+            .with(RDS, "r1", "route one")
+            .build(),
+    );
+    let removal = p.send(req(LDS).ack(&fixed.nonce));
+    assert_eq!(summary(&removal), vec![("cds", vec![], s(&["c2"]))]);
+}
+
+#[test]
+fn listeners_wait_for_clusters_queued_behind_an_unacked_cds_response() {
+    let mut p = synced_proxy();
+    let responses = p.push(mesh(2).with(CDS, "c1", "c1 v2").build());
+    assert_eq!(
+        summary(&responses),
+        vec![("cds", s(&["c1"]), vec![]), ("eds", s(&["c1"]), vec![])]
+    );
+    let cds = &responses[0];
+    // A new cluster and a listener using it, while CDS is still in flight.
+    let next = mesh(3)
+        .with(CDS, "c1", "c1 v2")
+        .with(CDS, "c3", "three")
+        .with(LDS, "l1", "listener using c3")
+        .build();
+    assert!(p.push(next).is_empty());
+    let responses = p.send(req(CDS).ack(&cds.nonce));
+    assert_eq!(
+        summary(&responses),
+        vec![("cds", s(&["c3"]), vec![]), ("lds", s(&["l1"]), vec![])]
+    );
+}
+
+#[test]
+fn unknown_types_are_reported_and_ignored() {
+    let mut p = Proxy::new(mesh(1).build());
+    let unknown = DeltaDiscoveryRequest {
+        type_url: "type.googleapis.com/envoy.service.runtime.v3.Runtime".into(),
+        ..Default::default()
+    };
+    p.stream
+        .handle_request(unknown)
+        .expect("ignored, not an error");
+    assert!(p.stream.take_responses().is_empty());
+    assert_eq!(
+        p.events(),
+        vec![StreamEvent::UnknownType {
+            type_url: "type.googleapis.com/envoy.service.runtime.v3.Runtime".into()
+        }]
+    );
+    assert_eq!(
+        p.stream.handle_request(DeltaDiscoveryRequest::default()),
+        Err(ProtocolError::MissingTypeUrl)
+    );
+}
+
+#[test]
+fn nothing_is_sent_before_the_first_view() {
+    let mut stream = DeltaStream::new();
+    stream.handle_request(req(CDS).0).unwrap();
+    assert!(stream.take_responses().is_empty());
+    stream.set_view(mesh(1).build());
+    assert_eq!(
+        summary(&stream.take_responses()),
+        vec![("cds", s(&["c1", "c2"]), vec![])]
+    );
+}

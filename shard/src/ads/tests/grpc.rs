@@ -1,0 +1,305 @@
+//! The tonic edge, in process: a real gRPC server on loopback and the
+//! generated ADS client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::Channel;
+
+use super::{CDS, LDS, version, view};
+use crate::ads::{AdsMetrics, AdsServer, ProxySubscription, SubscribeError, ViewSource};
+use crate::resources::ProxyView;
+
+const NODE_ID: &str = "sidecar~10.1.2.3~client-1.shop~shop.svc.cluster.local";
+/// A bound on every wait, so a broken server fails the test instead of hanging it.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Serves every proxy the same view, from a watch channel the test drives;
+/// tells the test when a stream's registration is dropped.
+struct TestSource {
+    views: watch::Receiver<Arc<ProxyView>>,
+    unregistered: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
+
+struct Registration(Option<oneshot::Sender<()>>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl ViewSource for TestSource {
+    fn subscribe(&self, node: &Node) -> Result<ProxySubscription, SubscribeError> {
+        if !node.id.starts_with("sidecar~") {
+            return Err(SubscribeError::InvalidNode {
+                node_id: node.id.clone(),
+                reason: "not a sidecar".into(),
+            });
+        }
+        let unregistered = self.unregistered.lock().unwrap().take();
+        Ok(ProxySubscription {
+            proxy_id: node.id.clone(),
+            views: self.views.clone(),
+            _registration: Box::new(Registration(unregistered)),
+        })
+    }
+}
+
+struct Harness {
+    client: AggregatedDiscoveryServiceClient<Channel>,
+    views: watch::Sender<Arc<ProxyView>>,
+    metrics: Arc<AdsMetrics>,
+    unregistered: oneshot::Receiver<()>,
+}
+
+async fn start(initial: Arc<ProxyView>) -> Harness {
+    let (views, rx) = watch::channel(initial);
+    let (unregistered_tx, unregistered) = oneshot::channel();
+    let source = TestSource {
+        views: rx,
+        unregistered: std::sync::Mutex::new(Some(unregistered_tx)),
+    };
+    let server = AdsServer::new(Arc::new(source));
+    let metrics = server.metrics();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server.into_service())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Harness {
+        client,
+        views,
+        metrics,
+        unregistered,
+    }
+}
+
+fn node() -> Option<Node> {
+    Some(Node {
+        id: NODE_ID.into(),
+        ..Default::default()
+    })
+}
+
+async fn next<T>(stream: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("a response in time")
+        .expect("stream open")
+        .expect("not an error")
+}
+
+#[tokio::test]
+async fn delta_connect_ack_and_receive_only_the_change() {
+    let mut h = start(
+        view(1)
+            .with(CDS, "c1", "cluster one")
+            .with(CDS, "c2", "cluster two")
+            .build(),
+    )
+    .await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: CDS.type_url().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = h
+        .client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let first: DeltaDiscoveryResponse = next(&mut responses).await;
+    let names: Vec<_> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["c1", "c2"]);
+    assert_eq!(first.system_version_info, "1");
+    assert_eq!(h.metrics.connected_proxies(), 1);
+
+    let ack = DeltaDiscoveryRequest {
+        type_url: CDS.type_url().into(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    };
+    tx.send(ack).await.unwrap();
+    h.views
+        .send(
+            view(2)
+                .with(CDS, "c1", "cluster one")
+                .with(CDS, "c2", "cluster two v2")
+                .build(),
+        )
+        .unwrap();
+    let second = next(&mut responses).await;
+    let sent: Vec<_> = second
+        .resources
+        .iter()
+        .map(|r| (r.name.as_str(), r.version.clone()))
+        .collect();
+    assert_eq!(sent, [("c2", version("cluster two v2"))]);
+    assert!(second.removed_resources.is_empty());
+    assert_eq!(second.system_version_info, "2");
+
+    // A NACK is counted (and logged); the stream goes on.
+    let nack = DeltaDiscoveryRequest {
+        type_url: CDS.type_url().into(),
+        response_nonce: second.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "bad cluster".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    };
+    tx.send(nack).await.unwrap();
+    h.views
+        .send(
+            view(3)
+                .with(CDS, "c1", "cluster one v3")
+                .with(CDS, "c2", "cluster two v2")
+                .build(),
+        )
+        .unwrap();
+    let third = next(&mut responses).await;
+    let sent: Vec<_> = third.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(sent, ["c1"], "the rejected c2 is not resent");
+    assert_eq!(h.metrics.rejects(), 1);
+    assert_eq!(h.metrics.pushes(CDS), 3);
+
+    // The proxy goes away: the stream ends and unregisters it.
+    drop(tx);
+    drop(responses);
+    tokio::time::timeout(PATIENCE, h.unregistered)
+        .await
+        .expect("unregistered in time")
+        .unwrap();
+    assert_eq!(h.metrics.connected_proxies(), 0);
+}
+
+#[tokio::test]
+async fn sotw_connect_ack_and_receive_the_new_set() {
+    let mut h = start(
+        view(1)
+            .with(LDS, "l1", "listener one")
+            .with(CDS, "c1", "cluster one")
+            .build(),
+    )
+    .await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(DiscoveryRequest {
+        node: node(),
+        type_url: CDS.type_url().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let cds: DiscoveryResponse = next(&mut responses).await;
+    assert_eq!(cds.resources.len(), 1);
+    tx.send(DiscoveryRequest {
+        type_url: LDS.type_url().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let lds = next(&mut responses).await;
+    assert_eq!(lds.type_url, LDS.type_url());
+
+    for ack in [&cds, &lds] {
+        tx.send(DiscoveryRequest {
+            type_url: ack.type_url.clone(),
+            version_info: ack.version_info.clone(),
+            response_nonce: ack.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    h.views
+        .send(
+            view(2)
+                .with(LDS, "l1", "listener one")
+                .with(CDS, "c1", "cluster one")
+                .with(CDS, "c2", "cluster two")
+                .build(),
+        )
+        .unwrap();
+    let next_cds = next(&mut responses).await;
+    assert_eq!(
+        next_cds.type_url,
+        CDS.type_url(),
+        "listeners did not change"
+    );
+    assert_eq!(next_cds.resources.len(), 2, "the full set");
+    assert_ne!(next_cds.version_info, cds.version_info);
+    assert_eq!(h.metrics.pushes(CDS), 2);
+    assert_eq!(h.metrics.pushes(LDS), 1);
+}
+
+#[tokio::test]
+async fn a_first_request_without_node_is_refused() {
+    let mut h = start(view(1).build()).await;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CDS.type_url().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let status = h
+        .client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("node"), "{}", status.message());
+
+    let (tx, rx) = mpsc::channel(1);
+    let bad_node = Some(Node {
+        id: "router~x".into(),
+        ..Default::default()
+    });
+    tx.send(DiscoveryRequest {
+        node: bad_node,
+        type_url: CDS.type_url().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let status = h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("TYPE~IP~POD"),
+        "{}",
+        status.message()
+    );
+}

@@ -1,0 +1,47 @@
+//! Tests of the ADS protocol cores (synchronous) and of the tonic edge
+//! (in-process, over loopback TCP).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::resources::{ProxyView, Resource, ResourceType, content_version};
+
+mod delta;
+mod grpc;
+mod sotw;
+
+const CDS: ResourceType = ResourceType::Cluster;
+const EDS: ResourceType = ResourceType::Endpoint;
+const LDS: ResourceType = ResourceType::Listener;
+const RDS: ResourceType = ResourceType::Route;
+
+/// Builds a view whose resources' bodies are the given strings.
+#[derive(Default)]
+struct ViewBuilder(ProxyView);
+
+fn view(revision: i64) -> ViewBuilder {
+    ViewBuilder(ProxyView {
+        revision,
+        ..Default::default()
+    })
+}
+
+impl ViewBuilder {
+    fn with(mut self, ty: ResourceType, name: &str, body: &str) -> Self {
+        self.0.insert(
+            ty,
+            Resource::from_bytes(name, Bytes::copy_from_slice(body.as_bytes())),
+        );
+        self
+    }
+
+    fn build(self) -> Arc<ProxyView> {
+        Arc::new(self.0)
+    }
+}
+
+/// The version a resource with this body gets.
+fn version(body: &str) -> String {
+    content_version(body.as_bytes())
+}
