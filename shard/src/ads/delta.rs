@@ -146,9 +146,7 @@ impl DeltaStream {
             return Err(ProtocolError::MissingTypeUrl);
         }
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
-            self.events.push(StreamEvent::UnknownType {
-                type_url: req.type_url,
-            });
+            self.events.push(StreamEvent::UnknownType { type_url: req.type_url });
             return Ok(());
         };
         let first = !self.types.contains_key(&ty);
@@ -215,23 +213,13 @@ impl DeltaStream {
         };
         let routing_settled = [ResourceType::Listener, ResourceType::Route]
             .into_iter()
-            .all(|ty| {
-                self.types
-                    .get(&ty)
-                    .is_none_or(|st| st.in_sync(view.resources(ty)))
-            });
+            .all(|ty| self.types.get(&ty).is_none_or(|st| st.in_sync(view.resources(ty))));
         // Clusters the proxy still holds although the view dropped them (and
         // which are not removed in this round).
         let mut clusters_kept: BTreeSet<Name> = self
             .types
             .get(&ResourceType::Cluster)
-            .map(|st| {
-                st.held
-                    .keys()
-                    .filter(|n| !view.clusters.contains_key(*n))
-                    .cloned()
-                    .collect()
-            })
+            .map(|st| st.held.keys().filter(|n| !view.clusters.contains_key(*n)).cloned().collect())
             .unwrap_or_default();
         let mut clusters_queued = false;
 
@@ -262,28 +250,16 @@ impl DeltaStream {
             let mut changes = Vec::with_capacity(plan.send.len() + plan.remove.len());
             for r in &plan.send {
                 let before = st.held.insert(r.name.clone(), r.version.clone());
-                changes.push(HeldChange {
-                    name: r.name.clone(),
-                    before,
-                    sent: Some(r.version.clone()),
-                });
+                changes.push(HeldChange { name: r.name.clone(), before, sent: Some(r.version.clone()) });
             }
             for name in &plan.remove {
                 let before = st.held.remove(name);
-                changes.push(HeldChange {
-                    name: name.clone(),
-                    before,
-                    sent: None,
-                });
+                changes.push(HeldChange { name: name.clone(), before, sent: None });
             }
-            st.in_flight = Some(InFlight {
-                nonce: nonce.clone(),
-                changes,
-            });
+            st.in_flight = Some(InFlight { nonce: nonce.clone(), changes });
             match ty {
                 ResourceType::Cluster => {
-                    self.endpoints_owed
-                        .extend(plan.send.iter().map(|r| r.name.clone()));
+                    self.endpoints_owed.extend(plan.send.iter().map(|r| r.name.clone()));
                     for name in &plan.remove {
                         self.endpoints_owed.remove(name);
                         clusters_kept.remove(name);
@@ -320,8 +296,7 @@ impl DeltaStream {
                 ..Default::default()
             });
         }
-        self.endpoints_owed
-            .retain(|n| view.clusters.contains_key(n));
+        self.endpoints_owed.retain(|n| view.clusters.contains_key(n));
     }
 }
 
@@ -359,10 +334,7 @@ impl TypeState {
         if self.in_flight.is_some() {
             return false;
         }
-        let mut synced = self
-            .held
-            .iter()
-            .all(|(n, v)| map.get(n).is_some_and(|r| r.version == *v));
+        let mut synced = self.held.iter().all(|(n, v)| map.get(n).is_some_and(|r| r.version == *v));
         self.for_each_covered(map, |r| synced &= self.held.contains_key(&r.name));
         synced
     }
@@ -370,11 +342,7 @@ impl TypeState {
     /// ACK or NACK of the in-flight response, or a stale nonce.
     fn settle(&mut self, ty: ResourceType, nonce: String, error: Option<Status>) -> StreamEvent {
         let Some(in_flight) = self.in_flight.take_if(|f| f.nonce == nonce) else {
-            return StreamEvent::StaleNonce {
-                ty,
-                nonce,
-                nack_message: error.map(|e| e.message),
-            };
+            return StreamEvent::StaleNonce { ty, nonce, nack_message: error.map(|e| e.message) };
         };
         let Some(error) = error else {
             return StreamEvent::Ack { ty, nonce };
@@ -390,13 +358,7 @@ impl TypeState {
             };
             self.rejected.insert(change.name, change.sent);
         }
-        StreamEvent::Nack {
-            ty,
-            nonce,
-            names,
-            code: error.code,
-            message: error.message,
-        }
+        StreamEvent::Nack { ty, nonce, names, code: error.code, message: error.message }
     }
 
     /// What this type would send now; `owed` names are sent even if held.
@@ -409,11 +371,7 @@ impl TypeState {
         });
         let mut plan = Plan::default();
         self.for_each_covered(map, |r| {
-            if self
-                .rejected
-                .get(&r.name)
-                .is_some_and(|v| v.as_ref() == Some(&r.version))
-            {
+            if self.rejected.get(&r.name).is_some_and(|v| v.as_ref() == Some(&r.version)) {
                 return;
             }
             if self.held.get(&r.name) != Some(&r.version)

@@ -86,9 +86,7 @@ pub struct ProxySubscription {
 
 impl std::fmt::Debug for ProxySubscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxySubscription")
-            .field("proxy_id", &self.proxy_id)
-            .finish_non_exhaustive()
+        f.debug_struct("ProxySubscription").field("proxy_id", &self.proxy_id).finish_non_exhaustive()
     }
 }
 
@@ -141,29 +139,14 @@ pub enum StreamEvent {
     /// The proxy rejected the response with this nonce. `names` are the
     /// resources (and removals) it carried; none of them is recorded as held,
     /// and the same versions are not sent again until their content changes.
-    Nack {
-        ty: ResourceType,
-        nonce: String,
-        names: Vec<Arc<str>>,
-        code: i32,
-        message: String,
-    },
+    Nack { ty: ResourceType, nonce: String, names: Vec<Arc<str>>, code: i32, message: String },
     /// A request named a nonce that is not the latest response of its type.
     /// `nack_message` is set when it carried an `error_detail`.
-    StaleNonce {
-        ty: ResourceType,
-        nonce: String,
-        nack_message: Option<String>,
-    },
+    StaleNonce { ty: ResourceType, nonce: String, nack_message: Option<String> },
     /// A request for a type this server does not serve; ignored.
     UnknownType { type_url: String },
     /// A response was produced.
-    Pushed {
-        ty: ResourceType,
-        nonce: String,
-        resources: usize,
-        removed: usize,
-    },
+    Pushed { ty: ResourceType, nonce: String, resources: usize, removed: usize },
 }
 
 /// Per-stream response nonces: a counter, unique within the stream (a nonce
@@ -183,8 +166,5 @@ impl Nonces {
 /// Perf lead: this copies the shared `Bytes` into the `Any`'s `Vec` for every
 /// proxy; a custom encoder writing the shared bytes directly would avoid it.
 fn to_any(ty: ResourceType, resource: &Resource) -> Any {
-    Any {
-        type_url: ty.type_url().to_string(),
-        value: resource.body.to_vec(),
-    }
+    Any { type_url: ty.type_url().to_string(), value: resource.body.to_vec() }
 }

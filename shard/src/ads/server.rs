@@ -90,18 +90,13 @@ pub struct AdsServer {
 
 impl fmt::Debug for AdsServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdsServer")
-            .field("metrics", &self.metrics)
-            .finish_non_exhaustive()
+        f.debug_struct("AdsServer").field("metrics", &self.metrics).finish_non_exhaustive()
     }
 }
 
 impl AdsServer {
     pub fn new(source: Arc<dyn ViewSource>) -> Self {
-        Self {
-            source,
-            metrics: Arc::default(),
-        }
+        Self { source, metrics: Arc::default() }
     }
 
     pub fn metrics(&self) -> Arc<AdsMetrics> {
@@ -117,24 +112,16 @@ impl AdsServer {
         &self,
         mut inbound: Streaming<P::Request>,
     ) -> Result<Response<ReceiverStream<Result<P::Response, Status>>>, Status> {
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::cancelled("stream ended before its first request"))?;
+        let first =
+            inbound.message().await?.ok_or_else(|| Status::cancelled("stream ended before its first request"))?;
         let node = P::node(&first).ok_or_else(|| Status::invalid_argument(NO_NODE))?;
-        let subscription = self.source.subscribe(node).inspect_err(
-            |err| tracing::warn!(node = %node.id, "refusing {} ADS stream: {err}", P::NAME),
-        )?;
+        let subscription = self
+            .source
+            .subscribe(node)
+            .inspect_err(|err| tracing::warn!(node = %node.id, "refusing {} ADS stream: {err}", P::NAME))?;
         tracing::info!(proxy = %subscription.proxy_id, "{} ADS stream connected", P::NAME);
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(run_stream(
-            P::default(),
-            first,
-            inbound,
-            subscription,
-            tx,
-            self.metrics.clone(),
-        ));
+        tokio::spawn(run_stream(P::default(), first, inbound, subscription, tx, self.metrics.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -223,11 +210,7 @@ async fn run_stream<P: Protocol>(
 ) where
     Streaming<P::Request>: tokio_stream::Stream<Item = Result<P::Request, Status>> + Unpin,
 {
-    let ProxySubscription {
-        proxy_id,
-        mut views,
-        _registration: registration,
-    } = subscription;
+    let ProxySubscription { proxy_id, mut views, _registration: registration } = subscription;
     let connected = metrics.connect();
     core.set_view(views.borrow_and_update().clone());
     let mut request = Some(first);
@@ -236,9 +219,7 @@ async fn run_stream<P: Protocol>(
             && let Err(err) = core.handle_request(req)
         {
             tracing::warn!(proxy = %proxy_id, "closing ADS stream: {err}");
-            let _ = tx
-                .send(Err(Status::invalid_argument(err.to_string())))
-                .await;
+            let _ = tx.send(Err(Status::invalid_argument(err.to_string()))).await;
             break;
         }
         if !flush(&mut core, &tx, &proxy_id, &metrics).await {
@@ -282,46 +263,27 @@ async fn flush<P: Protocol>(
             StreamEvent::Ack { ty, nonce } => {
                 tracing::debug!(proxy = %proxy_id, %ty, %nonce, "ACK")
             }
-            StreamEvent::Nack {
-                ty,
-                nonce,
-                names,
-                code,
-                message,
-            } => {
+            StreamEvent::Nack { ty, nonce, names, code, message } => {
                 metrics.rejects.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     proxy = %proxy_id, %ty, %nonce, code, resources = %NameList(&names),
                     "proxy rejected config (NACK): {message}"
                 );
             }
-            StreamEvent::StaleNonce {
-                ty,
-                nonce,
-                nack_message: Some(message),
-            } => {
+            StreamEvent::StaleNonce { ty, nonce, nack_message: Some(message) } => {
                 metrics.rejects.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     proxy = %proxy_id, %ty, %nonce,
                     "proxy rejected a superseded response (NACK): {message}"
                 );
             }
-            StreamEvent::StaleNonce {
-                ty,
-                nonce,
-                nack_message: None,
-            } => {
+            StreamEvent::StaleNonce { ty, nonce, nack_message: None } => {
                 tracing::debug!(proxy = %proxy_id, %ty, %nonce, "stale nonce")
             }
             StreamEvent::UnknownType { type_url } => {
                 tracing::debug!(proxy = %proxy_id, %type_url, "ignoring request for unserved type")
             }
-            StreamEvent::Pushed {
-                ty,
-                nonce,
-                resources,
-                removed,
-            } => {
+            StreamEvent::Pushed { ty, nonce, resources, removed } => {
                 metrics.pushes[ty as usize].fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(proxy = %proxy_id, %ty, %nonce, resources, removed, "push");
             }

@@ -93,11 +93,9 @@ impl Subscription {
     fn select(&self, map: &ResourceMap) -> ResourceMap {
         match self {
             Subscription::All => map.clone(),
-            Subscription::Names(names) => names
-                .iter()
-                .filter_map(|n| map.get_key_value(n))
-                .map(|(n, r)| (n.clone(), r.clone()))
-                .collect(),
+            Subscription::Names(names) => {
+                names.iter().filter_map(|n| map.get_key_value(n)).map(|(n, r)| (n.clone(), r.clone())).collect()
+            }
         }
     }
 }
@@ -124,10 +122,7 @@ impl TypeState {
     fn settled(&self, map: &ResourceMap) -> bool {
         self.in_flight.is_none()
             && !self.answer_owed
-            && self
-                .acked
-                .as_ref()
-                .is_some_and(|a| a.version == set_version(&self.subscription.select(map)))
+            && self.acked.as_ref().is_some_and(|a| a.version == set_version(&self.subscription.select(map)))
     }
 }
 
@@ -154,9 +149,7 @@ impl SotwStream {
             return Err(ProtocolError::MissingTypeUrl);
         }
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
-            self.events.push(StreamEvent::UnknownType {
-                type_url: req.type_url,
-            });
+            self.events.push(StreamEvent::UnknownType { type_url: req.type_url });
             return Ok(());
         };
         let subscription = Subscription::parse(ty, req.resource_names);
@@ -164,13 +157,7 @@ impl SotwStream {
             // First request of this type; a nonce here refers to another stream.
             self.types.insert(
                 ty,
-                TypeState {
-                    subscription,
-                    answer_owed: true,
-                    in_flight: None,
-                    acked: None,
-                    nacked_version: None,
-                },
+                TypeState { subscription, answer_owed: true, in_flight: None, acked: None, nacked_version: None },
             );
             self.pump();
             return Ok(());
@@ -236,11 +223,7 @@ impl SotwStream {
         };
         let routing_settled = [ResourceType::Listener, ResourceType::Route]
             .into_iter()
-            .all(|ty| {
-                self.types
-                    .get(&ty)
-                    .is_none_or(|st| st.settled(view.resources(ty)))
-            });
+            .all(|ty| self.types.get(&ty).is_none_or(|st| st.settled(view.resources(ty))));
         let mut clusters_queued = false;
 
         for ty in ResourceType::ALL {
@@ -283,23 +266,13 @@ impl SotwStream {
             let updated_clusters: Vec<Arc<str>> = match (&st.acked, ty) {
                 (Some(acked), ResourceType::Cluster) => set
                     .iter()
-                    .filter(|(n, r)| {
-                        acked
-                            .resources
-                            .get(*n)
-                            .is_some_and(|a| a.version != r.version)
-                    })
+                    .filter(|(n, r)| acked.resources.get(*n).is_some_and(|a| a.version != r.version))
                     .map(|(n, _)| n.clone())
                     .collect(),
                 _ => Vec::new(),
             };
             let nonce = self.nonces.next();
-            self.events.push(StreamEvent::Pushed {
-                ty,
-                nonce: nonce.clone(),
-                resources: set.len(),
-                removed: 0,
-            });
+            self.events.push(StreamEvent::Pushed { ty, nonce: nonce.clone(), resources: set.len(), removed: 0 });
             self.responses.push(DiscoveryResponse {
                 version_info: version.clone(),
                 resources: set.values().map(|r| to_any(ty, r)).collect(),
@@ -307,17 +280,9 @@ impl SotwStream {
                 nonce: nonce.clone(),
                 ..Default::default()
             });
-            st.in_flight = Some((
-                nonce,
-                SentSet {
-                    version,
-                    resources: set,
-                },
-            ));
+            st.in_flight = Some((nonce, SentSet { version, resources: set }));
             if let Some(endpoints) = self.types.get(&ResourceType::Endpoint) {
-                self.endpoints_owed |= updated_clusters
-                    .iter()
-                    .any(|n| endpoints.subscription.covers(n));
+                self.endpoints_owed |= updated_clusters.iter().any(|n| endpoints.subscription.covers(n));
             }
         }
     }

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
 
 use super::{CDS, EDS, LDS, RDS, version, view};
@@ -15,23 +13,16 @@ use crate::resources::{ProxyView, ResourceType};
 struct Req(DeltaDiscoveryRequest);
 
 fn req(ty: ResourceType) -> Req {
-    Req(DeltaDiscoveryRequest {
-        type_url: ty.type_url().to_string(),
-        ..Default::default()
-    })
+    Req(DeltaDiscoveryRequest { type_url: ty.type_url().to_string(), ..Default::default() })
 }
 
 impl Req {
     fn sub(mut self, names: &[&str]) -> Self {
-        self.0
-            .resource_names_subscribe
-            .extend(names.iter().map(|n| n.to_string()));
+        self.0.resource_names_subscribe.extend(names.iter().map(|n| n.to_string()));
         self
     }
     fn unsub(mut self, names: &[&str]) -> Self {
-        self.0
-            .resource_names_unsubscribe
-            .extend(names.iter().map(|n| n.to_string()));
+        self.0.resource_names_unsubscribe.extend(names.iter().map(|n| n.to_string()));
         self
     }
     fn ack(mut self, nonce: &str) -> Self {
@@ -40,18 +31,11 @@ impl Req {
     }
     fn nack(self, nonce: &str, message: &str) -> Self {
         let mut r = self.ack(nonce);
-        r.0.error_detail = Some(Status {
-            code: 3,
-            message: message.to_string(),
-            details: vec![],
-        });
+        r.0.error_detail = Some(Status { code: 3, message: message.to_string(), details: vec![] });
         r
     }
     fn initial(mut self, versions: &[(&str, &str)]) -> Self {
-        self.0.initial_resource_versions = versions
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
+        self.0.initial_resource_versions = versions.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         self
     }
 }
@@ -65,10 +49,7 @@ impl Proxy {
     fn new(view: Arc<ProxyView>) -> Self {
         let mut stream = DeltaStream::new();
         stream.set_view(view);
-        assert!(
-            stream.take_responses().is_empty(),
-            "nothing is sent before a request"
-        );
+        assert!(stream.take_responses().is_empty(), "nothing is sent before a request");
         Self { stream }
     }
 
@@ -83,11 +64,7 @@ impl Proxy {
     }
 
     fn events(&mut self) -> Vec<StreamEvent> {
-        self.stream
-            .take_events()
-            .into_iter()
-            .filter(|e| !matches!(e, StreamEvent::Pushed { .. }))
-            .collect()
+        self.stream.take_events().into_iter().filter(|e| !matches!(e, StreamEvent::Pushed { .. })).collect()
     }
 
     /// Send a request that must produce exactly one response, and return it.
@@ -101,12 +78,7 @@ impl Proxy {
 }
 
 fn one(mut responses: Vec<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
-    assert_eq!(
-        responses.len(),
-        1,
-        "expected one response, got {:#?}",
-        summary(&responses)
-    );
+    assert_eq!(responses.len(), 1, "expected one response, got {:#?}", summary(&responses));
     responses.remove(0)
 }
 
@@ -115,9 +87,7 @@ fn summary(responses: &[DeltaDiscoveryResponse]) -> Vec<(&'static str, Vec<Strin
     responses
         .iter()
         .map(|r| {
-            let ty = ResourceType::from_type_url(&r.type_url)
-                .expect("known type")
-                .short();
+            let ty = ResourceType::from_type_url(&r.type_url).expect("known type").short();
             (ty, sent(r), r.removed_resources.clone())
         })
         .collect()
@@ -180,14 +150,8 @@ fn initial_wildcard_cds_and_lds() {
     assert_eq!(
         p.events(),
         vec![
-            StreamEvent::Ack {
-                ty: CDS,
-                nonce: cds.nonce.clone()
-            },
-            StreamEvent::Ack {
-                ty: LDS,
-                nonce: lds.nonce.clone()
-            },
+            StreamEvent::Ack { ty: CDS, nonce: cds.nonce.clone() },
+            StreamEvent::Ack { ty: LDS, nonce: lds.nonce.clone() },
         ]
     );
 }
@@ -205,10 +169,7 @@ fn first_wildcard_request_is_answered_even_when_empty() {
 #[test]
 fn eds_and_rds_by_name() {
     let mut p = Proxy::new(mesh(1).with(RDS, "r2", "route two").build());
-    assert!(
-        p.send(req(EDS)).is_empty(),
-        "an empty first EDS request subscribes to nothing"
-    );
+    assert!(p.send(req(EDS)).is_empty(), "an empty first EDS request subscribes to nothing");
     let eds = p.send_one(req(EDS).sub(&["c1"]));
     assert_eq!(sent(&eds), s(&["c1"]));
     let rds = p.send_one(req(RDS).sub(&["r2"]));
@@ -223,10 +184,7 @@ fn eds_and_rds_by_name() {
 fn ack_then_change_sends_only_the_change() {
     let mut p = synced_proxy();
     let r = p.push_one(mesh(2).with(LDS, "l1", "listener one v2").build());
-    assert_eq!(
-        summary(std::slice::from_ref(&r)),
-        vec![("lds", s(&["l1"]), vec![])]
-    );
+    assert_eq!(summary(std::slice::from_ref(&r)), vec![("lds", s(&["l1"]), vec![])]);
     assert_eq!(r.system_version_info, "2");
     assert_eq!(r.resources[0].version, version("listener one v2"));
 }
@@ -236,20 +194,10 @@ fn one_response_in_flight_per_type() {
     let mut p = synced_proxy();
     let first = p.push_one(mesh(2).with(EDS, "c1", "v2").build());
     // Not ACKed yet: further changes wait, and coalesce.
-    assert!(
-        p.push(mesh(3).with(EDS, "c1", "v3").with(EDS, "c2", "v3").build())
-            .is_empty()
-    );
-    assert!(
-        p.push(mesh(4).with(EDS, "c1", "v2").with(EDS, "c2", "v4").build())
-            .is_empty()
-    );
+    assert!(p.push(mesh(3).with(EDS, "c1", "v3").with(EDS, "c2", "v3").build()).is_empty());
+    assert!(p.push(mesh(4).with(EDS, "c1", "v2").with(EDS, "c2", "v4").build()).is_empty());
     let next = p.send_one(req(EDS).ack(&first.nonce));
-    assert_eq!(
-        sent(&next),
-        s(&["c2"]),
-        "c1 is back to what the proxy holds"
-    );
+    assert_eq!(sent(&next), s(&["c2"]), "c1 is back to what the proxy holds");
     assert_eq!(next.resources[0].version, version("v4"));
 }
 
@@ -257,10 +205,7 @@ fn one_response_in_flight_per_type() {
 fn nack_is_not_recorded_and_not_resent_until_content_changes() {
     let mut p = synced_proxy();
     let bad = p.push_one(mesh(2).with(EDS, "c1", "bad").build());
-    assert!(
-        p.send(req(EDS).nack(&bad.nonce, "c1: invalid weight"))
-            .is_empty()
-    );
+    assert!(p.send(req(EDS).nack(&bad.nonce, "c1: invalid weight")).is_empty());
     assert_eq!(
         p.events(),
         vec![StreamEvent::Nack {
@@ -273,23 +218,10 @@ fn nack_is_not_recorded_and_not_resent_until_content_changes() {
     );
 
     // Another resource changes: only it is sent, not the rejected c1.
-    let r = p.push_one(
-        mesh(3)
-            .with(EDS, "c1", "bad")
-            .with(EDS, "c2", "two v2")
-            .build(),
-    );
+    let r = p.push_one(mesh(3).with(EDS, "c1", "bad").with(EDS, "c2", "two v2").build());
     assert_eq!(sent(&r), s(&["c2"]));
     p.send(req(EDS).ack(&r.nonce));
-    assert!(
-        p.push(
-            mesh(4)
-                .with(EDS, "c1", "bad")
-                .with(EDS, "c2", "two v2")
-                .build()
-        )
-        .is_empty()
-    );
+    assert!(p.push(mesh(4).with(EDS, "c1", "bad").with(EDS, "c2", "two v2").build()).is_empty());
 
     // The view goes back to what the proxy had: nothing to send (the NACKed
     // version was not recorded as held).
@@ -312,16 +244,9 @@ fn nack_leaves_other_types_and_resources_alone() {
     let lds = p.push_one(mesh(2).with(LDS, "l1", "bad listener").build());
     p.send(req(LDS).nack(&lds.nonce, "bad filter"));
     let responses = p.push(
-        mesh(3)
-            .with(LDS, "l1", "bad listener")
-            .with(LDS, "l2", "listener two")
-            .with(EDS, "c1", "endpoints v2")
-            .build(),
+        mesh(3).with(LDS, "l1", "bad listener").with(LDS, "l2", "listener two").with(EDS, "c1", "endpoints v2").build(),
     );
-    assert_eq!(
-        summary(&responses),
-        vec![("eds", s(&["c1"]), vec![]), ("lds", s(&["l2"]), vec![])]
-    );
+    assert_eq!(summary(&responses), vec![("eds", s(&["c1"]), vec![]), ("lds", s(&["l2"]), vec![])]);
 }
 
 #[test]
@@ -334,10 +259,7 @@ fn nacked_removal_is_not_repeated() {
     p.send(req(LDS).nack(&removal.nonce, "cannot remove"));
     assert!(p.push(mesh(4).build()).is_empty());
     // It comes back: the proxy holds it at that version, nothing to send.
-    assert!(
-        p.push(mesh(5).with(LDS, "l2", "listener two").build())
-            .is_empty()
-    );
+    assert!(p.push(mesh(5).with(LDS, "l2", "listener two").build()).is_empty());
 }
 
 #[test]
@@ -345,36 +267,15 @@ fn stale_nonce_is_no_ack_but_subscriptions_apply() {
     let mut p = Proxy::new(mesh(1).with(EDS, "c3", "endpoints three").build());
     let first = p.send_one(req(EDS).sub(&["c1"]));
     p.send(req(EDS).ack(&first.nonce));
-    let second = p.push_one(
-        mesh(2)
-            .with(EDS, "c1", "endpoints v2")
-            .with(EDS, "c3", "e3")
-            .build(),
-    );
+    let second = p.push_one(mesh(2).with(EDS, "c1", "endpoints v2").with(EDS, "c3", "e3").build());
     p.events();
 
     // The first nonce again, with a new subscription: not an ACK of `second`.
-    assert!(
-        p.send(req(EDS).ack(&first.nonce).sub(&["c3"])).is_empty(),
-        "second is in flight"
-    );
-    assert_eq!(
-        p.events(),
-        vec![StreamEvent::StaleNonce {
-            ty: EDS,
-            nonce: first.nonce.clone(),
-            nack_message: None
-        }]
-    );
+    assert!(p.send(req(EDS).ack(&first.nonce).sub(&["c3"])).is_empty(), "second is in flight");
+    assert_eq!(p.events(), vec![StreamEvent::StaleNonce { ty: EDS, nonce: first.nonce.clone(), nack_message: None }]);
     // A stale NACK does not revert anything either.
     p.send(req(EDS).nack(&first.nonce, "old news"));
-    assert!(matches!(
-        p.events()[..],
-        [StreamEvent::StaleNonce {
-            nack_message: Some(_),
-            ..
-        }]
-    ));
+    assert!(matches!(p.events()[..], [StreamEvent::StaleNonce { nack_message: Some(_), .. }]));
 
     // The subscription made it: c3 follows the ACK of `second`.
     let third = p.send_one(req(EDS).ack(&second.nonce));
@@ -386,15 +287,9 @@ fn subscribe_unsubscribe_resubscribe() {
     let mut p = Proxy::new(mesh(1).build());
     let eds = p.send_one(req(EDS).sub(&["c1", "c2"]));
     p.send(req(EDS).ack(&eds.nonce));
-    assert!(
-        p.send(req(EDS).unsub(&["c1"])).is_empty(),
-        "unsubscribing needs no answer"
-    );
+    assert!(p.send(req(EDS).unsub(&["c1"])).is_empty(), "unsubscribing needs no answer");
     // The proxy no longer wants c1: its removal is not announced.
-    assert!(
-        p.push(view(2).with(EDS, "c2", "endpoints two").build())
-            .is_empty()
-    );
+    assert!(p.push(view(2).with(EDS, "c2", "endpoints two").build()).is_empty());
     assert!(p.push(mesh(3).build()).is_empty());
     // Subscribing again sends it even though nothing changed.
     let again = p.send_one(req(EDS).sub(&["c1"]));
@@ -413,10 +308,7 @@ fn explicit_wildcard_subscribe_and_unsubscribe() {
     p.send(req(CDS).ack(&cds.nonce));
     // Leaving the wildcard keeps only c1; the rest is forgotten, not removed.
     assert!(p.send(req(CDS).unsub(&["*"])).is_empty());
-    assert!(
-        p.push(view(2).with(CDS, "c1", "cluster one").build())
-            .is_empty()
-    );
+    assert!(p.push(view(2).with(CDS, "c1", "cluster one").build()).is_empty());
     let r = p.push_one(view(3).build());
     assert_eq!(r.removed_resources, s(&["c1"]));
 }
@@ -428,10 +320,7 @@ fn add_remove_add() {
     assert_eq!(sent(&add), s(&["c3"]));
     p.send(req(CDS).ack(&add.nonce));
     let remove = p.push_one(mesh(3).build());
-    assert_eq!(
-        summary(std::slice::from_ref(&remove)),
-        vec![("cds", vec![], s(&["c3"]))]
-    );
+    assert_eq!(summary(std::slice::from_ref(&remove)), vec![("cds", vec![], s(&["c3"]))]);
     p.send(req(CDS).ack(&remove.nonce));
     let add = p.push_one(mesh(4).with(CDS, "c3", "three").build());
     assert_eq!(sent(&add), s(&["c3"]));
@@ -445,26 +334,12 @@ fn reconnect_sends_only_what_differs() {
         ("c2", "an older version"),
         ("gone", "whatever"),
     ]));
-    assert_eq!(
-        summary(&[cds]),
-        vec![("cds", s(&["c2", "c3"]), s(&["gone"]))]
-    );
+    assert_eq!(summary(&[cds]), vec![("cds", s(&["c2", "c3"]), s(&["gone"]))]);
 
     // Everything up to date: no EDS response at all...
-    assert!(
-        p.send(
-            req(EDS)
-                .sub(&["c1"])
-                .initial(&[("c1", &version("endpoints one"))])
-        )
-        .is_empty()
-    );
+    assert!(p.send(req(EDS).sub(&["c1"]).initial(&[("c1", &version("endpoints one"))])).is_empty());
     // ...and a vanished named resource is removed.
-    let rds = p.send_one(
-        req(RDS)
-            .sub(&["r1", "r9"])
-            .initial(&[("r1", &version("route one")), ("r9", "v")]),
-    );
+    let rds = p.send_one(req(RDS).sub(&["r1", "r9"]).initial(&[("r1", &version("route one")), ("r9", "v")]));
     assert_eq!(summary(&[rds]), vec![("rds", vec![], s(&["r9"]))]);
 }
 
@@ -485,10 +360,9 @@ fn reconnect_with_updated_cluster_resends_its_endpoints() {
     let cds = p.send_one(req(CDS).initial(&[("c1", "old"), ("c2", &version("cluster two"))]));
     assert_eq!(sent(&cds), s(&["c1"]));
     // EDS reconnects claiming current endpoints; c1's are sent all the same.
-    let eds = p.send_one(req(EDS).sub(&["c1", "c2"]).initial(&[
-        ("c1", &version("endpoints one")),
-        ("c2", &version("endpoints two")),
-    ]));
+    let eds = p.send_one(
+        req(EDS).sub(&["c1", "c2"]).initial(&[("c1", &version("endpoints one")), ("c2", &version("endpoints two"))]),
+    );
     assert_eq!(sent(&eds), s(&["c1"]));
 }
 
@@ -521,19 +395,10 @@ fn cluster_removal_waits_for_listeners_and_routes() {
         .with(RDS, "r1", "route one without c2")
         .build();
     let responses = p.push(next.clone());
-    assert_eq!(
-        summary(&responses),
-        vec![("lds", s(&["l1"]), vec![]), ("rds", s(&["r1"]), vec![]),]
-    );
-    assert!(
-        p.send(req(LDS).ack(&responses[0].nonce)).is_empty(),
-        "the route is not ACKed yet"
-    );
+    assert_eq!(summary(&responses), vec![("lds", s(&["l1"]), vec![]), ("rds", s(&["r1"]), vec![]),]);
+    assert!(p.send(req(LDS).ack(&responses[0].nonce)).is_empty(), "the route is not ACKed yet");
     let removals = p.send(req(RDS).ack(&responses[1].nonce));
-    assert_eq!(
-        summary(&removals),
-        vec![("cds", vec![], s(&["c2"])), ("eds", vec![], s(&["c2"]))]
-    );
+    assert_eq!(summary(&removals), vec![("cds", vec![], s(&["c2"])), ("eds", vec![], s(&["c2"]))]);
 }
 
 #[test]
@@ -567,23 +432,13 @@ fn cluster_removal_waits_while_a_listener_is_rejected() {
 fn listeners_wait_for_clusters_queued_behind_an_unacked_cds_response() {
     let mut p = synced_proxy();
     let responses = p.push(mesh(2).with(CDS, "c1", "c1 v2").build());
-    assert_eq!(
-        summary(&responses),
-        vec![("cds", s(&["c1"]), vec![]), ("eds", s(&["c1"]), vec![])]
-    );
+    assert_eq!(summary(&responses), vec![("cds", s(&["c1"]), vec![]), ("eds", s(&["c1"]), vec![])]);
     let cds = &responses[0];
     // A new cluster and a listener using it, while CDS is still in flight.
-    let next = mesh(3)
-        .with(CDS, "c1", "c1 v2")
-        .with(CDS, "c3", "three")
-        .with(LDS, "l1", "listener using c3")
-        .build();
+    let next = mesh(3).with(CDS, "c1", "c1 v2").with(CDS, "c3", "three").with(LDS, "l1", "listener using c3").build();
     assert!(p.push(next).is_empty());
     let responses = p.send(req(CDS).ack(&cds.nonce));
-    assert_eq!(
-        summary(&responses),
-        vec![("cds", s(&["c3"]), vec![]), ("lds", s(&["l1"]), vec![])]
-    );
+    assert_eq!(summary(&responses), vec![("cds", s(&["c3"]), vec![]), ("lds", s(&["l1"]), vec![])]);
 }
 
 #[test]
@@ -593,20 +448,13 @@ fn unknown_types_are_reported_and_ignored() {
         type_url: "type.googleapis.com/envoy.service.runtime.v3.Runtime".into(),
         ..Default::default()
     };
-    p.stream
-        .handle_request(unknown)
-        .expect("ignored, not an error");
+    p.stream.handle_request(unknown).expect("ignored, not an error");
     assert!(p.stream.take_responses().is_empty());
     assert_eq!(
         p.events(),
-        vec![StreamEvent::UnknownType {
-            type_url: "type.googleapis.com/envoy.service.runtime.v3.Runtime".into()
-        }]
+        vec![StreamEvent::UnknownType { type_url: "type.googleapis.com/envoy.service.runtime.v3.Runtime".into() }]
     );
-    assert_eq!(
-        p.stream.handle_request(DeltaDiscoveryRequest::default()),
-        Err(ProtocolError::MissingTypeUrl)
-    );
+    assert_eq!(p.stream.handle_request(DeltaDiscoveryRequest::default()), Err(ProtocolError::MissingTypeUrl));
 }
 
 #[test]
@@ -615,8 +463,5 @@ fn nothing_is_sent_before_the_first_view() {
     stream.handle_request(req(CDS).0).unwrap();
     assert!(stream.take_responses().is_empty());
     stream.set_view(mesh(1).build());
-    assert_eq!(
-        summary(&stream.take_responses()),
-        vec![("cds", s(&["c1", "c2"]), vec![])]
-    );
+    assert_eq!(summary(&stream.take_responses()), vec![("cds", s(&["c1", "c2"]), vec![])]);
 }

@@ -43,10 +43,7 @@ impl Drop for Registration {
 impl ViewSource for TestSource {
     fn subscribe(&self, node: &Node) -> Result<ProxySubscription, SubscribeError> {
         if !node.id.starts_with("sidecar~") {
-            return Err(SubscribeError::InvalidNode {
-                node_id: node.id.clone(),
-                reason: "not a sidecar".into(),
-            });
+            return Err(SubscribeError::InvalidNode { node_id: node.id.clone(), reason: "not a sidecar".into() });
         }
         let unregistered = self.unregistered.lock().unwrap().take();
         Ok(ProxySubscription {
@@ -67,10 +64,7 @@ struct Harness {
 async fn start(initial: Arc<ProxyView>) -> Harness {
     let (views, rx) = watch::channel(initial);
     let (unregistered_tx, unregistered) = oneshot::channel();
-    let source = TestSource {
-        views: rx,
-        unregistered: std::sync::Mutex::new(Some(unregistered_tx)),
-    };
+    let source = TestSource { views: rx, unregistered: std::sync::Mutex::new(Some(unregistered_tx)) };
     let server = AdsServer::new(Arc::new(source));
     let metrics = server.metrics();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -80,22 +74,12 @@ async fn start(initial: Arc<ProxyView>) -> Harness {
             .add_service(server.into_service())
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    Harness {
-        client,
-        views,
-        metrics,
-        unregistered,
-    }
+    let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    Harness { client, views, metrics, unregistered }
 }
 
 fn node() -> Option<Node> {
-    Some(Node {
-        id: NODE_ID.into(),
-        ..Default::default()
-    })
+    Some(Node { id: NODE_ID.into(), ..Default::default() })
 }
 
 async fn next<T>(stream: &mut tonic::Streaming<T>) -> T {
@@ -108,27 +92,12 @@ async fn next<T>(stream: &mut tonic::Streaming<T>) -> T {
 
 #[tokio::test]
 async fn delta_connect_ack_and_receive_only_the_change() {
-    let mut h = start(
-        view(1)
-            .with(CDS, "c1", "cluster one")
-            .with(CDS, "c2", "cluster two")
-            .build(),
-    )
-    .await;
+    let mut h = start(view(1).with(CDS, "c1", "cluster one").with(CDS, "c2", "cluster two").build()).await;
     let (tx, rx) = mpsc::channel(8);
-    tx.send(DeltaDiscoveryRequest {
-        node: node(),
-        type_url: CDS.type_url().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut responses = h
-        .client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
+    tx.send(DeltaDiscoveryRequest { node: node(), type_url: CDS.type_url().into(), ..Default::default() })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    let mut responses = h.client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
 
     let first: DeltaDiscoveryResponse = next(&mut responses).await;
     let names: Vec<_> = first.resources.iter().map(|r| r.name.as_str()).collect();
@@ -142,20 +111,9 @@ async fn delta_connect_ack_and_receive_only_the_change() {
         ..Default::default()
     };
     tx.send(ack).await.unwrap();
-    h.views
-        .send(
-            view(2)
-                .with(CDS, "c1", "cluster one")
-                .with(CDS, "c2", "cluster two v2")
-                .build(),
-        )
-        .unwrap();
+    h.views.send(view(2).with(CDS, "c1", "cluster one").with(CDS, "c2", "cluster two v2").build()).unwrap();
     let second = next(&mut responses).await;
-    let sent: Vec<_> = second
-        .resources
-        .iter()
-        .map(|r| (r.name.as_str(), r.version.clone()))
-        .collect();
+    let sent: Vec<_> = second.resources.iter().map(|r| (r.name.as_str(), r.version.clone())).collect();
     assert_eq!(sent, [("c2", version("cluster two v2"))]);
     assert!(second.removed_resources.is_empty());
     assert_eq!(second.system_version_info, "2");
@@ -164,22 +122,11 @@ async fn delta_connect_ack_and_receive_only_the_change() {
     let nack = DeltaDiscoveryRequest {
         type_url: CDS.type_url().into(),
         response_nonce: second.nonce.clone(),
-        error_detail: Some(RpcStatus {
-            code: 3,
-            message: "bad cluster".into(),
-            details: vec![],
-        }),
+        error_detail: Some(RpcStatus { code: 3, message: "bad cluster".into(), details: vec![] }),
         ..Default::default()
     };
     tx.send(nack).await.unwrap();
-    h.views
-        .send(
-            view(3)
-                .with(CDS, "c1", "cluster one v3")
-                .with(CDS, "c2", "cluster two v2")
-                .build(),
-        )
-        .unwrap();
+    h.views.send(view(3).with(CDS, "c1", "cluster one v3").with(CDS, "c2", "cluster two v2").build()).unwrap();
     let third = next(&mut responses).await;
     let sent: Vec<_> = third.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(sent, ["c1"], "the rejected c2 is not resent");
@@ -189,44 +136,19 @@ async fn delta_connect_ack_and_receive_only_the_change() {
     // The proxy goes away: the stream ends and unregisters it.
     drop(tx);
     drop(responses);
-    tokio::time::timeout(PATIENCE, h.unregistered)
-        .await
-        .expect("unregistered in time")
-        .unwrap();
+    tokio::time::timeout(PATIENCE, h.unregistered).await.expect("unregistered in time").unwrap();
     assert_eq!(h.metrics.connected_proxies(), 0);
 }
 
 #[tokio::test]
 async fn sotw_connect_ack_and_receive_the_new_set() {
-    let mut h = start(
-        view(1)
-            .with(LDS, "l1", "listener one")
-            .with(CDS, "c1", "cluster one")
-            .build(),
-    )
-    .await;
+    let mut h = start(view(1).with(LDS, "l1", "listener one").with(CDS, "c1", "cluster one").build()).await;
     let (tx, rx) = mpsc::channel(8);
-    tx.send(DiscoveryRequest {
-        node: node(),
-        type_url: CDS.type_url().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut responses = h
-        .client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    tx.send(DiscoveryRequest { node: node(), type_url: CDS.type_url().into(), ..Default::default() }).await.unwrap();
+    let mut responses = h.client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
     let cds: DiscoveryResponse = next(&mut responses).await;
     assert_eq!(cds.resources.len(), 1);
-    tx.send(DiscoveryRequest {
-        type_url: LDS.type_url().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    tx.send(DiscoveryRequest { type_url: LDS.type_url().into(), ..Default::default() }).await.unwrap();
     let lds = next(&mut responses).await;
     assert_eq!(lds.type_url, LDS.type_url());
 
@@ -250,11 +172,7 @@ async fn sotw_connect_ack_and_receive_the_new_set() {
         )
         .unwrap();
     let next_cds = next(&mut responses).await;
-    assert_eq!(
-        next_cds.type_url,
-        CDS.type_url(),
-        "listeners did not change"
-    );
+    assert_eq!(next_cds.type_url, CDS.type_url(), "listeners did not change");
     assert_eq!(next_cds.resources.len(), 2, "the full set");
     assert_ne!(next_cds.version_info, cds.version_info);
     assert_eq!(h.metrics.pushes(CDS), 2);
@@ -265,41 +183,15 @@ async fn sotw_connect_ack_and_receive_the_new_set() {
 async fn a_first_request_without_node_is_refused() {
     let mut h = start(view(1).build()).await;
     let (tx, rx) = mpsc::channel(1);
-    tx.send(DeltaDiscoveryRequest {
-        type_url: CDS.type_url().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let status = h
-        .client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap_err();
+    tx.send(DeltaDiscoveryRequest { type_url: CDS.type_url().into(), ..Default::default() }).await.unwrap();
+    let status = h.client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("node"), "{}", status.message());
 
     let (tx, rx) = mpsc::channel(1);
-    let bad_node = Some(Node {
-        id: "router~x".into(),
-        ..Default::default()
-    });
-    tx.send(DiscoveryRequest {
-        node: bad_node,
-        type_url: CDS.type_url().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let status = h
-        .client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap_err();
+    let bad_node = Some(Node { id: "router~x".into(), ..Default::default() });
+    tx.send(DiscoveryRequest { node: bad_node, type_url: CDS.type_url().into(), ..Default::default() }).await.unwrap();
+    let status = h.client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(
-        status.message().contains("TYPE~IP~POD"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("TYPE~IP~POD"), "{}", status.message());
 }

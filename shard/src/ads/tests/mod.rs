@@ -21,18 +21,12 @@ const RDS: ResourceType = ResourceType::Route;
 struct ViewBuilder(ProxyView);
 
 fn view(revision: i64) -> ViewBuilder {
-    ViewBuilder(ProxyView {
-        revision,
-        ..Default::default()
-    })
+    ViewBuilder(ProxyView { revision, ..Default::default() })
 }
 
 impl ViewBuilder {
     fn with(mut self, ty: ResourceType, name: &str, body: &str) -> Self {
-        self.0.insert(
-            ty,
-            Resource::from_bytes(name, Bytes::copy_from_slice(body.as_bytes())),
-        );
+        self.0.insert(ty, Resource::from_bytes(name, Bytes::copy_from_slice(body.as_bytes())));
         self
     }
 

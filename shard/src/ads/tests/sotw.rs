@@ -28,11 +28,7 @@ impl Req {
     }
     fn nack(mut self, response: &DiscoveryResponse, message: &str) -> Self {
         self.0.response_nonce = response.nonce.clone();
-        self.0.error_detail = Some(Status {
-            code: 3,
-            message: message.to_string(),
-            details: vec![],
-        });
+        self.0.error_detail = Some(Status { code: 3, message: message.to_string(), details: vec![] });
         self
     }
 }
@@ -62,42 +58,22 @@ impl Client {
         one(self.push(view))
     }
     fn events(&mut self) -> Vec<StreamEvent> {
-        self.stream
-            .take_events()
-            .into_iter()
-            .filter(|e| !matches!(e, StreamEvent::Pushed { .. }))
-            .collect()
+        self.stream.take_events().into_iter().filter(|e| !matches!(e, StreamEvent::Pushed { .. })).collect()
     }
 }
 
 fn one(mut responses: Vec<DiscoveryResponse>) -> DiscoveryResponse {
-    assert_eq!(
-        responses.len(),
-        1,
-        "expected one response, got {:?}",
-        summary(&responses)
-    );
+    assert_eq!(responses.len(), 1, "expected one response, got {:?}", summary(&responses));
     responses.remove(0)
 }
 
 /// Type and resource bodies of each response.
 fn summary(responses: &[DiscoveryResponse]) -> Vec<(&'static str, Vec<String>)> {
-    responses
-        .iter()
-        .map(|r| {
-            (
-                ResourceType::from_type_url(&r.type_url).unwrap().short(),
-                bodies(r),
-            )
-        })
-        .collect()
+    responses.iter().map(|r| (ResourceType::from_type_url(&r.type_url).unwrap().short(), bodies(r))).collect()
 }
 
 fn bodies(r: &DiscoveryResponse) -> Vec<String> {
-    r.resources
-        .iter()
-        .map(|a| String::from_utf8(a.value.clone()).unwrap())
-        .collect()
+    r.resources.iter().map(|a| String::from_utf8(a.value.clone()).unwrap()).collect()
 }
 
 fn s(items: &[&str]) -> Vec<String> {
@@ -137,10 +113,7 @@ fn wildcard_cds_and_lds_get_the_full_set() {
     assert_eq!(cds.type_url, CDS.type_url());
     assert_eq!(cds.resources[0].type_url, CDS.type_url());
     assert!(!cds.version_info.is_empty() && !cds.nonce.is_empty());
-    assert!(
-        c.send(req(CDS, &[]).ack(&cds)).is_empty(),
-        "an ACK is not answered"
-    );
+    assert!(c.send(req(CDS, &[]).ack(&cds)).is_empty(), "an ACK is not answered");
 
     // One cluster changes: the whole set is sent again, with a new version.
     let next = c.push_one(mesh(2).with(CDS, "c2", "cluster two v2").build());
@@ -158,10 +131,7 @@ fn version_info_is_a_content_hash_of_the_set() {
     let mut b = Client::new(mesh(99).build());
     let va = a.send_one(req(CDS, &[])).version_info;
     let vb = b.send_one(req(CDS, &[])).version_info;
-    assert_eq!(
-        va, vb,
-        "same set, same version, whatever the revision or stream"
-    );
+    assert_eq!(va, vb, "same set, same version, whatever the revision or stream");
 }
 
 #[test]
@@ -172,10 +142,7 @@ fn empty_eds_and_rds_mean_none_and_are_still_answered() {
     let eds = c.send_one(req(EDS, &["c2"]).ack(&eds));
     assert_eq!(bodies(&eds), s(&["endpoints two"]));
     let rds = c.send_one(req(RDS, &["missing"]));
-    assert!(
-        rds.resources.is_empty(),
-        "a name that does not exist gets an empty answer"
-    );
+    assert!(rds.resources.is_empty(), "a name that does not exist gets an empty answer");
 }
 
 #[test]
@@ -206,10 +173,7 @@ fn one_response_in_flight_per_type() {
 fn nacked_set_is_never_resent() {
     let mut c = synced_envoy();
     let bad = c.push_one(mesh(2).with(RDS, "r1", "bad").build());
-    assert!(
-        c.send(req(RDS, &["r1"]).nack(&bad, "invalid route"))
-            .is_empty()
-    );
+    assert!(c.send(req(RDS, &["r1"]).nack(&bad, "invalid route")).is_empty());
     assert_eq!(
         c.events(),
         vec![StreamEvent::Nack {
@@ -221,23 +185,10 @@ fn nacked_set_is_never_resent() {
         }]
     );
     // Other types change; the rejected route set is not sent again.
-    let eds = c.push_one(
-        mesh(3)
-            .with(RDS, "r1", "bad")
-            .with(EDS, "c1", "endpoints v2")
-            .build(),
-    );
-    assert_eq!(
-        summary(&[eds]),
-        vec![("eds", s(&["endpoints v2", "endpoints two"]))]
-    );
+    let eds = c.push_one(mesh(3).with(RDS, "r1", "bad").with(EDS, "c1", "endpoints v2").build());
+    assert_eq!(summary(&[eds]), vec![("eds", s(&["endpoints v2", "endpoints two"]))]);
     // New content is.
-    let fixed = c.push_one(
-        mesh(4)
-            .with(RDS, "r1", "good")
-            .with(EDS, "c1", "endpoints v2")
-            .build(),
-    );
+    let fixed = c.push_one(mesh(4).with(RDS, "r1", "good").with(EDS, "c1", "endpoints v2").build());
     assert_eq!(bodies(&fixed), s(&["good"]));
 }
 
@@ -246,10 +197,7 @@ fn back_to_the_accepted_set_after_nack_sends_nothing() {
     let mut c = synced_envoy();
     let bad = c.push_one(mesh(2).with(RDS, "r1", "bad").build());
     c.send(req(RDS, &["r1"]).nack(&bad, "invalid route"));
-    assert!(
-        c.push(mesh(3).build()).is_empty(),
-        "the proxy still has the accepted set"
-    );
+    assert!(c.push(mesh(3).build()).is_empty(), "the proxy still has the accepted set");
 }
 
 #[test]
@@ -265,16 +213,8 @@ fn stale_nonces_are_ignored() {
     assert_eq!(
         c.events(),
         vec![
-            StreamEvent::StaleNonce {
-                ty: EDS,
-                nonce: first.nonce.clone(),
-                nack_message: None
-            },
-            StreamEvent::StaleNonce {
-                ty: EDS,
-                nonce: first.nonce.clone(),
-                nack_message: Some("old".into())
-            },
+            StreamEvent::StaleNonce { ty: EDS, nonce: first.nonce.clone(), nack_message: None },
+            StreamEvent::StaleNonce { ty: EDS, nonce: first.nonce.clone(), nack_message: Some("old".into()) },
         ]
     );
     // The real answer to `second` carries the new names.
@@ -288,36 +228,18 @@ fn grpc_requests_listeners_and_clusters_by_name() {
         .with(LDS, "echo.default.svc.cluster.local:50051", "api listener")
         .with(LDS, "0.0.0.0_9080", "envoy listener")
         .with(RDS, "echo-route", "route")
-        .with(
-            CDS,
-            "outbound|50051||echo.default.svc.cluster.local",
-            "echo cluster",
-        )
-        .with(
-            CDS,
-            "outbound|9080||other.default.svc.cluster.local",
-            "other cluster",
-        )
-        .with(
-            EDS,
-            "outbound|50051||echo.default.svc.cluster.local",
-            "echo endpoints",
-        )
+        .with(CDS, "outbound|50051||echo.default.svc.cluster.local", "echo cluster")
+        .with(CDS, "outbound|9080||other.default.svc.cluster.local", "other cluster")
+        .with(EDS, "outbound|50051||echo.default.svc.cluster.local", "echo endpoints")
         .build();
     let mut c = Client::new(v);
     let lds = c.send_one(req(LDS, &["echo.default.svc.cluster.local:50051"]));
     assert_eq!(bodies(&lds), s(&["api listener"]));
     let rds = c.send_one(req(RDS, &["echo-route"]));
     assert_eq!(bodies(&rds), s(&["route"]));
-    let cds = c.send_one(req(
-        CDS,
-        &["outbound|50051||echo.default.svc.cluster.local"],
-    ));
+    let cds = c.send_one(req(CDS, &["outbound|50051||echo.default.svc.cluster.local"]));
     assert_eq!(bodies(&cds), s(&["echo cluster"]));
-    let eds = c.send_one(req(
-        EDS,
-        &["outbound|50051||echo.default.svc.cluster.local"],
-    ));
+    let eds = c.send_one(req(EDS, &["outbound|50051||echo.default.svc.cluster.local"]));
     assert_eq!(bodies(&eds), s(&["echo endpoints"]));
     // A listener that does not exist: answered with an empty set, from
     // which gRPC learns it does not exist.
@@ -348,10 +270,7 @@ fn updated_cluster_is_followed_by_its_endpoints() {
     let responses = c.push(mesh(2).with(CDS, "c1", "cluster one v2").build());
     assert_eq!(
         summary(&responses),
-        vec![
-            ("cds", s(&["cluster one v2", "cluster two"])),
-            ("eds", s(&["endpoints one", "endpoints two"])),
-        ]
+        vec![("cds", s(&["cluster one v2", "cluster two"])), ("eds", s(&["endpoints one", "endpoints two"])),]
     );
 }
 
@@ -367,11 +286,7 @@ fn removed_clusters_stay_until_listeners_and_routes_are_acked() {
     let responses = c.push(next);
     assert_eq!(
         summary(&responses),
-        vec![
-            ("eds", s(&["endpoints one"])),
-            ("lds", s(&["listener without c2"])),
-            ("rds", s(&["route without c2"])),
-        ]
+        vec![("eds", s(&["endpoints one"])), ("lds", s(&["listener without c2"])), ("rds", s(&["route without c2"])),]
     );
     assert!(c.send(req(LDS, &[]).ack(&responses[1])).is_empty());
     let cds = c.send_one(req(RDS, &["r1"]).ack(&responses[2]));
@@ -388,8 +303,5 @@ fn unknown_and_malformed_requests() {
     c.stream.handle_request(unknown).unwrap();
     assert!(c.stream.take_responses().is_empty());
     assert!(matches!(c.events()[..], [StreamEvent::UnknownType { .. }]));
-    assert_eq!(
-        c.stream.handle_request(DiscoveryRequest::default()),
-        Err(ProtocolError::MissingTypeUrl)
-    );
+    assert_eq!(c.stream.handle_request(DiscoveryRequest::default()), Err(ProtocolError::MissingTypeUrl));
 }
