@@ -7,23 +7,13 @@ use std::time::Duration;
 /// which Istio's validation accepts too.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, scale) = [
-        ("ms", 1e-3),
-        ("us", 1e-6),
-        ("µs", 1e-6),
-        ("ns", 1e-9),
-        ("s", 1.0),
-        ("m", 60.0),
-        ("h", 3600.0),
-    ]
-    .into_iter()
-    .find_map(|(suffix, scale)| text.strip_suffix(suffix).map(|n| (n, scale)))
-    .ok_or_else(|| {
-        format!("{text:?} is not a duration: write it like 1s, 250ms, 1.5s, 2m or 1h")
-    })?;
-    let value: f64 = number.parse().map_err(|_| {
-        format!("{text:?} is not a duration: write it like 1s, 250ms, 1.5s, 2m or 1h")
-    })?;
+    let (number, scale) =
+        [("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+            .into_iter()
+            .find_map(|(suffix, scale)| text.strip_suffix(suffix).map(|n| (n, scale)))
+            .ok_or_else(|| format!("{text:?} is not a duration: write it like 1s, 250ms, 1.5s, 2m or 1h"))?;
+    let value: f64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration: write it like 1s, 250ms, 1.5s, 2m or 1h"))?;
     if !value.is_finite() || value < 0.0 {
         return Err(format!("{text:?} must be a non-negative duration"));
     }

@@ -154,18 +154,11 @@ impl Pod {
         if matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed")) {
             return false;
         }
-        self.status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .is_none_or(|c| c.status == "True")
+        self.status.conditions.iter().find(|c| c.type_ == "Ready").is_none_or(|c| c.status == "True")
     }
 
     pub fn service_account(&self) -> &str {
-        self.spec
-            .service_account_name
-            .as_deref()
-            .unwrap_or("default")
+        self.spec.service_account_name.as_deref().unwrap_or("default")
     }
 
     /// Resolve a named container port.
@@ -196,10 +189,7 @@ pub struct EndpointSlice {
 
 impl EndpointSlice {
     pub fn service_name(&self) -> Option<&str> {
-        self.metadata
-            .labels
-            .get(SERVICE_NAME_LABEL)
-            .map(String::as_str)
+        self.metadata.labels.get(SERVICE_NAME_LABEL).map(String::as_str)
     }
 }
 

@@ -26,10 +26,7 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(cluster: impl Into<String>, object: ObjectRef) -> ObjectKey {
-        ObjectKey {
-            cluster: cluster.into(),
-            object,
-        }
+        ObjectKey { cluster: cluster.into(), object }
     }
 
     /// The store key string.
@@ -47,8 +44,7 @@ impl ObjectKey {
     pub fn decode(key: &str) -> Option<ObjectKey> {
         let rest = key.strip_prefix(CLUSTERS_PREFIX)?;
         let mut parts = rest.split('/');
-        let (cluster, resource, ns, name) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (cluster, resource, ns, name) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() || cluster.is_empty() || name.is_empty() {
             return None;
         }
@@ -59,14 +55,7 @@ impl ObjectKey {
             (false, CLUSTER_SCOPED) => None,
             (false, _) => return None,
         };
-        Some(ObjectKey {
-            cluster: cluster.to_string(),
-            object: ObjectRef {
-                kind,
-                namespace,
-                name: name.to_string(),
-            },
-        })
+        Some(ObjectKey { cluster: cluster.to_string(), object: ObjectRef { kind, namespace, name: name.to_string() } })
     }
 }
 
@@ -92,30 +81,16 @@ mod tests {
 
     #[test]
     fn round_trips_namespaced_and_cluster_scoped_keys() {
-        for (kind, ns) in [
-            (Kind::VirtualService, Some("shop")),
-            (Kind::Namespace, None),
-            (Kind::Node, None),
-        ] {
-            let key = ObjectKey::new(
-                "Kubernetes",
-                ObjectRef {
-                    kind,
-                    namespace: ns.map(String::from),
-                    name: "x".into(),
-                },
-            );
+        for (kind, ns) in [(Kind::VirtualService, Some("shop")), (Kind::Namespace, None), (Kind::Node, None)] {
+            let key =
+                ObjectKey::new("Kubernetes", ObjectRef { kind, namespace: ns.map(String::from), name: "x".into() });
             let encoded = key.encode();
             assert_eq!(ObjectKey::decode(&encoded), Some(key), "{encoded}");
         }
         assert_eq!(
             ObjectKey::new(
                 "c1",
-                ObjectRef {
-                    kind: Kind::Service,
-                    namespace: Some("ns".into()),
-                    name: "reviews".into()
-                }
+                ObjectRef { kind: Kind::Service, namespace: Some("ns".into()), name: "reviews".into() }
             )
             .encode(),
             "/meshplane/v1/clusters/c1/services/ns/reviews"

@@ -122,11 +122,9 @@ impl Kind {
             | Kind::VirtualService
             | Kind::DestinationRule
             | Kind::Sidecar
-            | Kind::Gateway => &[
-                "networking.istio.io/v1",
-                "networking.istio.io/v1beta1",
-                "networking.istio.io/v1alpha3",
-            ],
+            | Kind::Gateway => {
+                &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
+            }
             Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
                 &["security.istio.io/v1", "security.istio.io/v1beta1"]
             }
@@ -135,9 +133,7 @@ impl Kind {
 
     /// Find the kind of a document from its `apiVersion` and `kind`.
     pub fn from_type(api_version: &str, kind: &str) -> Option<Kind> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.name() == kind && k.api_versions().contains(&api_version))
+        Kind::ALL.into_iter().find(|k| k.name() == kind && k.api_versions().contains(&api_version))
     }
 }
 
@@ -165,9 +161,6 @@ impl fmt::Display for ObjectRef {
 }
 
 /// `matchLabels`-style selection: every listed label must be present with that value.
-pub fn labels_match(
-    selector: &BTreeMap<String, String>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
+pub fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }

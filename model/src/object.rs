@@ -4,9 +4,7 @@ use serde::Serialize;
 
 use crate::k8s::{EndpointSlice, Namespace, Node, Pod, Service};
 use crate::meta::{Kind, ObjectMeta, ObjectRef};
-use crate::networking::{
-    DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
-};
+use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
 
 /// One object of the mesh, of any kind meshplane reads.
@@ -88,11 +86,7 @@ impl MeshObject {
     pub fn object_ref(&self) -> ObjectRef {
         let kind = self.kind();
         let meta = self.metadata();
-        ObjectRef {
-            kind,
-            namespace: kind.namespaced().then(|| meta.namespace().to_string()),
-            name: meta.name.clone(),
-        }
+        ObjectRef { kind, namespace: kind.namespaced().then(|| meta.namespace().to_string()), name: meta.name.clone() }
     }
 
     /// The normalised JSON stored as the value of the object's key.
@@ -111,29 +105,15 @@ impl MeshObject {
             Kind::Node => MeshObject::Node(serde_json::from_slice(bytes).map_err(err)?),
             Kind::Pod => MeshObject::Pod(serde_json::from_slice(bytes).map_err(err)?),
             Kind::Service => MeshObject::Service(serde_json::from_slice(bytes).map_err(err)?),
-            Kind::EndpointSlice => {
-                MeshObject::EndpointSlice(serde_json::from_slice(bytes).map_err(err)?)
-            }
-            Kind::ServiceEntry => {
-                MeshObject::ServiceEntry(serde_json::from_slice(bytes).map_err(err)?)
-            }
-            Kind::WorkloadEntry => {
-                MeshObject::WorkloadEntry(serde_json::from_slice(bytes).map_err(err)?)
-            }
-            Kind::VirtualService => {
-                MeshObject::VirtualService(serde_json::from_slice(bytes).map_err(err)?)
-            }
-            Kind::DestinationRule => {
-                MeshObject::DestinationRule(serde_json::from_slice(bytes).map_err(err)?)
-            }
+            Kind::EndpointSlice => MeshObject::EndpointSlice(serde_json::from_slice(bytes).map_err(err)?),
+            Kind::ServiceEntry => MeshObject::ServiceEntry(serde_json::from_slice(bytes).map_err(err)?),
+            Kind::WorkloadEntry => MeshObject::WorkloadEntry(serde_json::from_slice(bytes).map_err(err)?),
+            Kind::VirtualService => MeshObject::VirtualService(serde_json::from_slice(bytes).map_err(err)?),
+            Kind::DestinationRule => MeshObject::DestinationRule(serde_json::from_slice(bytes).map_err(err)?),
             Kind::Sidecar => MeshObject::Sidecar(serde_json::from_slice(bytes).map_err(err)?),
             Kind::Gateway => MeshObject::Gateway(serde_json::from_slice(bytes).map_err(err)?),
-            Kind::PeerAuthentication => {
-                MeshObject::PeerAuthentication(serde_json::from_slice(bytes).map_err(err)?)
-            }
-            Kind::AuthorizationPolicy => {
-                MeshObject::AuthorizationPolicy(serde_json::from_slice(bytes).map_err(err)?)
-            }
+            Kind::PeerAuthentication => MeshObject::PeerAuthentication(serde_json::from_slice(bytes).map_err(err)?),
+            Kind::AuthorizationPolicy => MeshObject::AuthorizationPolicy(serde_json::from_slice(bytes).map_err(err)?),
         })
     }
 }

@@ -87,15 +87,11 @@ pub struct ParsedFile {
 
 impl ParsedFile {
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Warning)
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Warning)
     }
 
     pub fn has_errors(&self) -> bool {
@@ -120,8 +116,7 @@ pub fn parse_yaml(source: &str, text: &str) -> ParsedFile {
         let value = match serde_yaml::Value::deserialize(document) {
             Ok(value) => value,
             Err(e) => {
-                out.diagnostics
-                    .push(diag(Severity::Error, format!("invalid YAML: {e}")));
+                out.diagnostics.push(diag(Severity::Error, format!("invalid YAML: {e}")));
                 // serde_yaml cannot resynchronise after a syntax error.
                 break;
             }
@@ -131,13 +126,7 @@ pub fn parse_yaml(source: &str, text: &str) -> ParsedFile {
     out
 }
 
-fn parse_document(
-    source: &str,
-    document: usize,
-    value: serde_yaml::Value,
-    item: Option<usize>,
-    out: &mut ParsedFile,
-) {
+fn parse_document(source: &str, document: usize, value: serde_yaml::Value, item: Option<usize>, out: &mut ParsedFile) {
     let field_prefix = item.map(|i| format!("items[{i}]."));
     let mut diag = |severity, object: Option<ObjectRef>, field: Option<String>, message: String| {
         out.diagnostics.push(Diagnostic {
@@ -157,18 +146,12 @@ fn parse_document(
         serde_yaml::Value::Null => return,
         serde_yaml::Value::Mapping(map) => map,
         _ => {
-            diag(
-                Severity::Error,
-                None,
-                None,
-                "a document must be a map with apiVersion and kind".into(),
-            );
+            diag(Severity::Error, None, None, "a document must be a map with apiVersion and kind".into());
             return;
         }
     };
     let text_field = |name: &str| map.get(name).and_then(|v| v.as_str()).map(str::to_string);
-    let (Some(api_version), Some(kind_name)) = (text_field("apiVersion"), text_field("kind"))
-    else {
+    let (Some(api_version), Some(kind_name)) = (text_field("apiVersion"), text_field("kind")) else {
         diag(
             Severity::Error,
             None,
@@ -216,27 +199,15 @@ fn parse_document(
     };
 
     let metadata = map.get("metadata");
-    let name = metadata
-        .and_then(|m| m.get("name"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
-    let namespace = metadata
-        .and_then(|m| m.get("namespace"))
-        .and_then(|v| v.as_str());
+    let name = metadata.and_then(|m| m.get("name")).and_then(|v| v.as_str()).unwrap_or("");
+    let namespace = metadata.and_then(|m| m.get("namespace")).and_then(|v| v.as_str());
     let object_ref = ObjectRef {
         kind,
-        namespace: kind
-            .namespaced()
-            .then(|| namespace.unwrap_or("default").to_string()),
+        namespace: kind.namespaced().then(|| namespace.unwrap_or("default").to_string()),
         name: name.to_string(),
     };
     if name.is_empty() {
-        diag(
-            Severity::Error,
-            Some(object_ref),
-            Some("metadata.name".into()),
-            "every object needs a name".into(),
-        );
+        diag(Severity::Error, Some(object_ref), Some("metadata.name".into()), "every object needs a name".into());
         return;
     }
     if !kind.namespaced() && namespace.is_some() {
@@ -259,46 +230,27 @@ fn parse_document(
     };
     {
         let meta = object.metadata_mut();
-        meta.namespace = if kind.namespaced() {
-            object_ref.namespace.clone()
-        } else {
-            None
-        };
+        meta.namespace = if kind.namespaced() { object_ref.namespace.clone() } else { None };
     }
 
     for path in ignored {
         if let Some(message) = ignored_field_message(kind, &path) {
-            diag(
-                Severity::Warning,
-                Some(object_ref.clone()),
-                Some(path),
-                message,
-            );
+            diag(Severity::Warning, Some(object_ref.clone()), Some(path), message);
         }
     }
-    if matches!(
-        kind,
-        Kind::Gateway | Kind::PeerAuthentication | Kind::AuthorizationPolicy
-    ) {
+    if matches!(kind, Kind::Gateway | Kind::PeerAuthentication | Kind::AuthorizationPolicy) {
         diag(
             Severity::Warning,
             Some(object_ref.clone()),
             None,
-            format!(
-                "{kind} is stored but not enforced by meshplane yet; it has no effect on proxies"
-            ),
+            format!("{kind} is stored but not enforced by meshplane yet; it has no effect on proxies"),
         );
     }
 
     let mut rejected = false;
     for finding in validate::validate(&object) {
         rejected |= finding.severity == Severity::Error;
-        diag(
-            finding.severity,
-            Some(object_ref.clone()),
-            Some(finding.field),
-            finding.message,
-        );
+        diag(finding.severity, Some(object_ref.clone()), Some(finding.field), finding.message);
     }
     if !rejected {
         out.objects.push(ParsedObject { document, object });
@@ -348,15 +300,9 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
         Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
         Path::Map { parent, key } => {
             let parent = field_path(parent);
-            if parent.is_empty() {
-                key.clone()
-            } else {
-                format!("{parent}.{key}")
-            }
+            if parent.is_empty() { key.clone() } else { format!("{parent}.{key}") }
         }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => field_path(parent),
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }
 
@@ -400,10 +346,7 @@ fn ignored_field_message(kind: Kind, path: &str) -> Option<String> {
     if top == "status" && kind != Kind::Pod {
         return None;
     }
-    if matches!(
-        kind,
-        Kind::Namespace | Kind::Node | Kind::Pod | Kind::Service | Kind::EndpointSlice
-    ) {
+    if matches!(kind, Kind::Namespace | Kind::Node | Kind::Pod | Kind::Service | Kind::EndpointSlice) {
         return None;
     }
     let last = path.rsplit('.').next().unwrap_or(path);
@@ -443,15 +386,9 @@ spec:
         );
         assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
         assert_eq!(parsed.objects.len(), 2);
-        assert_eq!(
-            parsed.objects[0].object.metadata().namespace.as_deref(),
-            Some("default")
-        );
+        assert_eq!(parsed.objects[0].object.metadata().namespace.as_deref(), Some("default"));
         assert_eq!(parsed.objects[1].document, 3);
-        assert_eq!(
-            parsed.objects[1].object.object_ref().to_string(),
-            "VirtualService shop/reviews"
-        );
+        assert_eq!(parsed.objects[1].object.object_ref().to_string(), "VirtualService shop/reviews");
     }
 
     #[test]
@@ -466,11 +403,7 @@ spec:
         assert!(text.contains("bad.yaml"), "{text}");
         assert!(text.contains("document 1"), "{text}");
         assert!(text.contains("VirtualService shop/r"), "{text}");
-        assert_eq!(
-            err.field.as_deref(),
-            Some("spec.http[0].retries.attempts"),
-            "{text}"
-        );
+        assert_eq!(err.field.as_deref(), Some("spec.http[0].retries.attempts"), "{text}");
     }
 
     #[test]
@@ -482,17 +415,10 @@ spec:
         assert_eq!(parsed.objects.len(), 1, "{:?}", parsed.diagnostics);
         let warnings: Vec<String> = parsed.warnings().map(|d| d.to_string()).collect();
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("spec.http[0].fault") && w.contains("not implemented")),
+            warnings.iter().any(|w| w.contains("spec.http[0].fault") && w.contains("not implemented")),
             "{warnings:?}"
         );
-        assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("spec.http[0].rout") && w.contains("misspelled")),
-            "{warnings:?}"
-        );
+        assert!(warnings.iter().any(|w| w.contains("spec.http[0].rout") && w.contains("misspelled")), "{warnings:?}");
     }
 
     #[test]
@@ -512,26 +438,14 @@ spec:
         let cases = [
             ("- a\n- b\n", "must be a map"),
             ("kind: Service\n", "no apiVersion and kind"),
-            (
-                "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\n",
-                "not supported",
-            ),
-            (
-                "apiVersion: v1\nkind: Service\nmetadata: {}\n",
-                "needs a name",
-            ),
-            (
-                "apiVersion: v1\nkind: Service\nmetadata: {name: [}\n",
-                "invalid YAML",
-            ),
+            ("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\n", "not supported"),
+            ("apiVersion: v1\nkind: Service\nmetadata: {}\n", "needs a name"),
+            ("apiVersion: v1\nkind: Service\nmetadata: {name: [}\n", "invalid YAML"),
         ];
         for (text, expect) in cases {
             let parsed = parse_yaml("x.yaml", text);
             let errors: Vec<String> = parsed.errors().map(|d| d.to_string()).collect();
-            assert!(
-                errors.iter().any(|e| e.contains(expect)),
-                "{text:?}: {errors:?}"
-            );
+            assert!(errors.iter().any(|e| e.contains(expect)), "{text:?}: {errors:?}");
         }
     }
 
@@ -552,9 +466,6 @@ spec:
         );
         let object = &parsed.objects[0].object;
         let json = object.to_json();
-        assert_eq!(
-            &MeshObject::from_json(Kind::DestinationRule, &json).unwrap(),
-            object
-        );
+        assert_eq!(&MeshObject::from_json(Kind::DestinationRule, &json).unwrap(), object);
     }
 }

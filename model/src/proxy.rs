@@ -47,22 +47,11 @@ impl NodeId {
             "sidecar" => NodeType::Sidecar,
             "router" => NodeType::Router,
             other => {
-                return Err(NodeIdError::Type {
-                    id: id.into(),
-                    ty: other.into(),
-                });
+                return Err(NodeIdError::Type { id: id.into(), ty: other.into() });
             }
         };
-        let ip = ip.parse().map_err(|_| NodeIdError::Ip {
-            id: id.into(),
-            ip: ip.into(),
-        })?;
-        Ok(NodeId {
-            node_type,
-            ip,
-            workload: workload.to_string(),
-            domain: domain.to_string(),
-        })
+        let ip = ip.parse().map_err(|_| NodeIdError::Ip { id: id.into(), ip: ip.into() })?;
+        Ok(NodeId { node_type, ip, workload: workload.to_string(), domain: domain.to_string() })
     }
 
     /// The namespace from the `POD.NAMESPACE` part, else from the domain.
@@ -75,9 +64,7 @@ impl NodeId {
     }
 
     pub fn pod_name(&self) -> &str {
-        self.workload
-            .split_once('.')
-            .map_or(&self.workload, |(pod, _)| pod)
+        self.workload.split_once('.').map_or(&self.workload, |(pod, _)| pod)
     }
 }
 
@@ -115,20 +102,13 @@ mod tests {
 
     #[test]
     fn parses_istio_node_ids() {
-        let id =
-            NodeId::parse("sidecar~10.1.2.3~reviews-v1-7f9c.default~default.svc.cluster.local")
-                .unwrap();
+        let id = NodeId::parse("sidecar~10.1.2.3~reviews-v1-7f9c.default~default.svc.cluster.local").unwrap();
         assert_eq!(id.node_type, NodeType::Sidecar);
         assert_eq!(id.ip.to_string(), "10.1.2.3");
         assert_eq!(id.namespace(), Some("default"));
         assert_eq!(id.pod_name(), "reviews-v1-7f9c");
-        assert_eq!(
-            id.to_string(),
-            "sidecar~10.1.2.3~reviews-v1-7f9c.default~default.svc.cluster.local"
-        );
-        let gw =
-            NodeId::parse("router~127.0.0.9~ingress.istio-system~istio-system.svc.cluster.local")
-                .unwrap();
+        assert_eq!(id.to_string(), "sidecar~10.1.2.3~reviews-v1-7f9c.default~default.svc.cluster.local");
+        let gw = NodeId::parse("router~127.0.0.9~ingress.istio-system~istio-system.svc.cluster.local").unwrap();
         assert_eq!(gw.node_type, NodeType::Router);
     }
 
@@ -136,13 +116,7 @@ mod tests {
     fn rejects_malformed_node_ids_with_a_hint() {
         let err = NodeId::parse("envoy-1").unwrap_err();
         assert!(err.to_string().contains("TYPE~IP~POD.NAMESPACE"), "{err}");
-        assert!(matches!(
-            NodeId::parse("gateway~1.2.3.4~a.b~b.svc"),
-            Err(NodeIdError::Type { .. })
-        ));
-        assert!(matches!(
-            NodeId::parse("sidecar~nope~a.b~b.svc"),
-            Err(NodeIdError::Ip { .. })
-        ));
+        assert!(matches!(NodeId::parse("gateway~1.2.3.4~a.b~b.svc"), Err(NodeIdError::Type { .. })));
+        assert!(matches!(NodeId::parse("sidecar~nope~a.b~b.svc"), Err(NodeIdError::Ip { .. })));
     }
 }

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use crate::duration::parse_duration;
 use crate::k8s::{IntOrString, Service};
 use crate::networking::{
-    Destination, DestinationRule, HttpRoute, LoadBalancerSettings, ServiceEntry, Sidecar,
-    StringMatch, VirtualService, WorkloadEntry,
+    Destination, DestinationRule, HttpRoute, LoadBalancerSettings, ServiceEntry, Sidecar, StringMatch, VirtualService,
+    WorkloadEntry,
 };
 use crate::object::MeshObject;
 use crate::parse::Severity;
@@ -26,19 +26,11 @@ struct Findings(Vec<Finding>);
 
 impl Findings {
     fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Finding {
-            severity: Severity::Error,
-            field: field.into(),
-            message: message.into(),
-        });
+        self.0.push(Finding { severity: Severity::Error, field: field.into(), message: message.into() });
     }
 
     fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Finding {
-            severity: Severity::Warning,
-            field: field.into(),
-            message: message.into(),
-        });
+        self.0.push(Finding { severity: Severity::Warning, field: field.into(), message: message.into() });
     }
 }
 
@@ -65,18 +57,12 @@ fn service(s: &Service, f: &mut Findings) {
             f.error(format!("{at}.port"), "port must be between 1 and 65535");
         }
         if !seen.insert(port.port) {
-            f.error(
-                format!("{at}.port"),
-                format!("port {} is listed twice", port.port),
-            );
+            f.error(format!("{at}.port"), format!("port {} is listed twice", port.port));
         }
         if let Some(IntOrString::Int(n)) = port.target_port
             && !(1..=65535).contains(&n)
         {
-            f.error(
-                format!("{at}.targetPort"),
-                "targetPort must be between 1 and 65535",
-            );
+            f.error(format!("{at}.targetPort"), "targetPort must be between 1 and 65535");
         }
     }
     if let Some(ip) = &s.spec.cluster_ip
@@ -84,17 +70,17 @@ fn service(s: &Service, f: &mut Findings) {
         && !ip.is_empty()
         && ip.parse::<IpAddr>().is_err()
     {
-        f.error(
-            "spec.clusterIP",
-            format!("{ip:?} is not an IP address (or None)"),
-        );
+        f.error("spec.clusterIP", format!("{ip:?} is not an IP address (or None)"));
     }
 }
 
 fn virtual_service(vs: &VirtualService, f: &mut Findings) {
     let spec = &vs.spec;
     if spec.hosts.is_empty() {
-        f.error("spec.hosts", "a VirtualService needs at least one host (delegate VirtualServices are not supported yet)");
+        f.error(
+            "spec.hosts",
+            "a VirtualService needs at least one host (delegate VirtualServices are not supported yet)",
+        );
     }
     for (i, host) in spec.hosts.iter().enumerate() {
         hostname(host, &format!("spec.hosts[{i}]"), true, f);
@@ -105,77 +91,44 @@ fn virtual_service(vs: &VirtualService, f: &mut Findings) {
     for (i, route) in spec.tcp.iter().enumerate() {
         let at = format!("spec.tcp[{i}]");
         if route.route.is_empty() {
-            f.error(
-                format!("{at}.route"),
-                "a TCP route needs at least one destination",
-            );
+            f.error(format!("{at}.route"), "a TCP route needs at least one destination");
         }
-        weights(
-            route.route.iter().map(|d| d.weight),
-            &format!("{at}.route"),
-            f,
-        );
+        weights(route.route.iter().map(|d| d.weight), &format!("{at}.route"), f);
         for (j, d) in route.route.iter().enumerate() {
             destination(&d.destination, &format!("{at}.route[{j}].destination"), f);
         }
     }
     if spec.http.is_empty() && spec.tcp.is_empty() {
-        f.warn(
-            "spec",
-            "the VirtualService has no http or tcp routes; it has no effect",
-        );
+        f.warn("spec", "the VirtualService has no http or tcp routes; it has no effect");
     }
 }
 
 fn http_route(route: &HttpRoute, at: &str, f: &mut Findings) {
     match (route.route.is_empty(), route.redirect.is_some()) {
-        (true, false) => f.error(
-            format!("{at}.route"),
-            "an HTTP route needs a route or a redirect",
-        ),
-        (false, true) => f.error(
-            format!("{at}.redirect"),
-            "an HTTP route cannot have both route and redirect",
-        ),
+        (true, false) => f.error(format!("{at}.route"), "an HTTP route needs a route or a redirect"),
+        (false, true) => f.error(format!("{at}.redirect"), "an HTTP route cannot have both route and redirect"),
         _ => {}
     }
     if route.redirect.is_some() && route.rewrite.is_some() {
-        f.error(
-            format!("{at}.rewrite"),
-            "an HTTP route cannot have both rewrite and redirect",
-        );
+        f.error(format!("{at}.rewrite"), "an HTTP route cannot have both rewrite and redirect");
     }
-    weights(
-        route.route.iter().map(|d| d.weight),
-        &format!("{at}.route"),
-        f,
-    );
+    weights(route.route.iter().map(|d| d.weight), &format!("{at}.route"), f);
     for (j, d) in route.route.iter().enumerate() {
         destination(&d.destination, &format!("{at}.route[{j}].destination"), f);
     }
     for (j, m) in route.matches.iter().enumerate() {
         let mat = format!("{at}.match[{j}]");
-        for (name, sm) in [
-            ("uri", &m.uri),
-            ("scheme", &m.scheme),
-            ("method", &m.method),
-            ("authority", &m.authority),
-        ] {
+        for (name, sm) in [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)] {
             if let Some(sm) = sm {
                 string_match(sm, &format!("{mat}.{name}"), f);
             }
         }
-        for (maps, label) in [
-            (&m.headers, "headers"),
-            (&m.without_headers, "withoutHeaders"),
-            (&m.query_params, "queryParams"),
-        ] {
+        for (maps, label) in
+            [(&m.headers, "headers"), (&m.without_headers, "withoutHeaders"), (&m.query_params, "queryParams")]
+        {
             for (key, sm) in maps {
                 if key.is_empty() {
-                    f.error(
-                        format!("{mat}.{label}"),
-                        "header and parameter names cannot be empty",
-                    );
+                    f.error(format!("{mat}.{label}"), "header and parameter names cannot be empty");
                 }
                 string_match(sm, &format!("{mat}.{label}.{key}"), f);
             }
@@ -193,10 +146,7 @@ fn http_route(route: &HttpRoute, at: &str, f: &mut Findings) {
     }
     if let Some(r) = &route.retries {
         if r.attempts < 0 {
-            f.error(
-                format!("{at}.retries.attempts"),
-                "attempts cannot be negative",
-            );
+            f.error(format!("{at}.retries.attempts"), "attempts cannot be negative");
         }
         if let Some(t) = &r.per_try_timeout
             && let Err(e) = parse_duration(t)
@@ -206,10 +156,7 @@ fn http_route(route: &HttpRoute, at: &str, f: &mut Findings) {
         if let Some(on) = &r.retry_on {
             for cond in on.split(',').map(str::trim) {
                 if cond.is_empty() {
-                    f.error(
-                        format!("{at}.retries.retryOn"),
-                        "retryOn has an empty condition",
-                    );
+                    f.error(format!("{at}.retries.retryOn"), "retryOn has an empty condition");
                 } else if !cond.chars().all(|c| c.is_ascii_digit()) && !RETRY_ON.contains(&cond) {
                     f.error(format!("{at}.retries.retryOn"), format!("{cond:?} is not a retry condition; use Envoy's names (5xx, gateway-error, connect-failure, ...) or status codes"));
                 }
@@ -239,17 +186,10 @@ fn http_route(route: &HttpRoute, at: &str, f: &mut Findings) {
     }
     if let Some(rw) = &route.rewrite {
         if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
-            f.error(
-                format!("{at}.rewrite"),
-                "set uri or uriRegexRewrite, not both",
-            );
+            f.error(format!("{at}.rewrite"), "set uri or uriRegexRewrite, not both");
         }
         if let Some(rr) = &rw.uri_regex_rewrite {
-            regex(
-                &rr.pattern,
-                &format!("{at}.rewrite.uriRegexRewrite.match"),
-                f,
-            );
+            regex(&rr.pattern, &format!("{at}.rewrite.uriRegexRewrite.match"), f);
         }
     }
 }
@@ -280,10 +220,7 @@ fn weights(weights: impl Iterator<Item = Option<i64>>, at: &str, f: &mut Finding
         f.error(at, "weights cannot be negative");
     }
     if weights.len() > 1 && weights.iter().map(|w| w.unwrap_or(0)).sum::<i64>() == 0 {
-        f.error(
-            at,
-            "total destination weight is 0; give at least one destination a weight",
-        );
+        f.error(at, "total destination weight is 0; give at least one destination a weight");
     }
 }
 
@@ -296,16 +233,10 @@ fn destination(d: &Destination, at: &str, f: &mut Findings) {
     if let Some(p) = &d.port
         && !(1..=65535).contains(&p.number)
     {
-        f.error(
-            format!("{at}.port.number"),
-            "port must be between 1 and 65535",
-        );
+        f.error(format!("{at}.port.number"), "port must be between 1 and 65535");
     }
     if d.subset.as_deref() == Some("") {
-        f.error(
-            format!("{at}.subset"),
-            "subset cannot be empty; leave it out to use every endpoint",
-        );
+        f.error(format!("{at}.subset"), "subset cannot be empty; leave it out to use every endpoint");
     }
 }
 
@@ -331,18 +262,13 @@ fn hostname(host: &str, at: &str, allow_wildcard: bool, f: &mut Findings) {
         }
         return;
     }
-    let name = host
-        .strip_prefix("*.")
-        .filter(|_| allow_wildcard)
-        .unwrap_or(host);
+    let name = host.strip_prefix("*.").filter(|_| allow_wildcard).unwrap_or(host);
     let ok = !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
     if !ok {
         f.error(at, format!("{host:?} is not a valid hostname"));
@@ -359,24 +285,14 @@ fn destination_rule(dr: &DestinationRule, f: &mut Findings) {
     let mut names = std::collections::BTreeSet::new();
     for (i, subset) in spec.subsets.iter().enumerate() {
         if subset.name.is_empty() {
-            f.error(
-                format!("spec.subsets[{i}].name"),
-                "every subset needs a name",
-            );
+            f.error(format!("spec.subsets[{i}].name"), "every subset needs a name");
         } else if !names.insert(&subset.name) {
-            f.error(
-                format!("spec.subsets[{i}].name"),
-                format!("subset {:?} is defined twice", subset.name),
-            );
+            f.error(format!("spec.subsets[{i}].name"), format!("subset {:?} is defined twice", subset.name));
         }
         if let Some(tp) = &subset.traffic_policy
             && let Some(lb) = &tp.load_balancer
         {
-            load_balancer(
-                lb,
-                &format!("spec.subsets[{i}].trafficPolicy.loadBalancer"),
-                f,
-            );
+            load_balancer(lb, &format!("spec.subsets[{i}].trafficPolicy.loadBalancer"), f);
         }
     }
     if let Some(tp) = &spec.traffic_policy {
@@ -385,17 +301,10 @@ fn destination_rule(dr: &DestinationRule, f: &mut Findings) {
         }
         for (i, p) in tp.port_level_settings.iter().enumerate() {
             if p.port.is_none() {
-                f.error(
-                    format!("spec.trafficPolicy.portLevelSettings[{i}].port"),
-                    "port-level settings need a port",
-                );
+                f.error(format!("spec.trafficPolicy.portLevelSettings[{i}].port"), "port-level settings need a port");
             }
             if let Some(lb) = &p.load_balancer {
-                load_balancer(
-                    lb,
-                    &format!("spec.trafficPolicy.portLevelSettings[{i}].loadBalancer"),
-                    f,
-                );
+                load_balancer(lb, &format!("spec.trafficPolicy.portLevelSettings[{i}].loadBalancer"), f);
             }
         }
     }
@@ -403,17 +312,13 @@ fn destination_rule(dr: &DestinationRule, f: &mut Findings) {
 
 fn load_balancer(lb: &LoadBalancerSettings, at: &str, f: &mut Findings) {
     if let Some(simple) = &lb.simple
-        && ![
-            "UNSPECIFIED",
-            "RANDOM",
-            "PASSTHROUGH",
-            "ROUND_ROBIN",
-            "LEAST_REQUEST",
-            "LEAST_CONN",
-        ]
-        .contains(&simple.as_str())
+        && !["UNSPECIFIED", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN"]
+            .contains(&simple.as_str())
     {
-        f.error(format!("{at}.simple"), format!("{simple:?} is not a load balancer (ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH)"));
+        f.error(
+            format!("{at}.simple"),
+            format!("{simple:?} is not a load balancer (ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH)"),
+        );
     }
 }
 
@@ -421,10 +326,7 @@ fn capture_mode(mode: &Option<String>, at: &str, f: &mut Findings) {
     if let Some(m) = mode
         && !["DEFAULT", "IPTABLES", "NONE"].contains(&m.as_str())
     {
-        f.error(
-            at,
-            format!("{m:?} is not a capture mode (DEFAULT, IPTABLES, NONE)"),
-        );
+        f.error(at, format!("{m:?} is not a capture mode (DEFAULT, IPTABLES, NONE)"));
     }
 }
 
@@ -441,26 +343,18 @@ fn sidecar(sc: &Sidecar, f: &mut Findings) {
     for (i, l) in sc.spec.egress.iter().enumerate() {
         let at = format!("spec.egress[{i}]");
         if l.hosts.is_empty() {
-            f.error(
-                format!("{at}.hosts"),
-                "an egress listener needs hosts, e.g. ./* or istio-system/*",
-            );
+            f.error(format!("{at}.hosts"), "an egress listener needs hosts, e.g. ./* or istio-system/*");
         }
         for (j, h) in l.hosts.iter().enumerate() {
             let Some((ns, host)) = h.split_once('/') else {
                 f.error(
                     format!("{at}.hosts[{j}]"),
-                    format!(
-                        "{h:?} must be namespace/host, e.g. ./* or */reviews.shop.svc.cluster.local"
-                    ),
+                    format!("{h:?} must be namespace/host, e.g. ./* or */reviews.shop.svc.cluster.local"),
                 );
                 continue;
             };
             if ns.is_empty() || host.is_empty() {
-                f.error(
-                    format!("{at}.hosts[{j}]"),
-                    format!("{h:?} must be namespace/host"),
-                );
+                f.error(format!("{at}.hosts[{j}]"), format!("{h:?} must be namespace/host"));
             } else if host != "*" {
                 hostname(host, &format!("{at}.hosts[{j}]"), true, f);
             }
@@ -470,19 +364,13 @@ fn sidecar(sc: &Sidecar, f: &mut Findings) {
         if let Some(p) = &l.port
             && !(1..=65535).contains(&p.number)
         {
-            f.error(
-                format!("{at}.port.number"),
-                "port must be between 1 and 65535",
-            );
+            f.error(format!("{at}.port.number"), "port must be between 1 and 65535");
         }
     }
     for (i, l) in sc.spec.ingress.iter().enumerate() {
         let at = format!("spec.ingress[{i}]");
         if !(1..=65535).contains(&l.port.number) {
-            f.error(
-                format!("{at}.port.number"),
-                "port must be between 1 and 65535",
-            );
+            f.error(format!("{at}.port.number"), "port must be between 1 and 65535");
         }
         capture_mode(&l.capture_mode, &format!("{at}.captureMode"), f);
         bind(&l.bind, &format!("{at}.bind"), f);
@@ -490,9 +378,7 @@ fn sidecar(sc: &Sidecar, f: &mut Findings) {
             && !ep.starts_with("unix://")
         {
             let ok = ep.parse::<SocketAddr>().is_ok()
-                || ep
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| h == "0.0.0.0" && p.parse::<u16>().is_ok());
+                || ep.rsplit_once(':').is_some_and(|(h, p)| h == "0.0.0.0" && p.parse::<u16>().is_ok());
             if !ok {
                 f.error(
                     format!("{at}.defaultEndpoint"),
@@ -504,10 +390,7 @@ fn sidecar(sc: &Sidecar, f: &mut Findings) {
     if let Some(p) = &sc.spec.outbound_traffic_policy
         && !["ALLOW_ANY", "REGISTRY_ONLY"].contains(&p.mode.as_str())
     {
-        f.error(
-            "spec.outboundTrafficPolicy.mode",
-            format!("{:?} is not ALLOW_ANY or REGISTRY_ONLY", p.mode),
-        );
+        f.error("spec.outboundTrafficPolicy.mode", format!("{:?} is not ALLOW_ANY or REGISTRY_ONLY", p.mode));
     }
 }
 
@@ -524,52 +407,37 @@ fn service_entry(se: &ServiceEntry, f: &mut Findings) {
     }
     for (i, p) in spec.ports.iter().enumerate() {
         if !(1..=65535).contains(&p.number) {
-            f.error(
-                format!("spec.ports[{i}].number"),
-                "port must be between 1 and 65535",
-            );
+            f.error(format!("spec.ports[{i}].number"), "port must be between 1 and 65535");
         }
     }
     let resolution = spec.resolution.as_deref().unwrap_or("NONE");
     if !["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"].contains(&resolution) {
-        f.error(
-            "spec.resolution",
-            format!("{resolution:?} is not NONE, STATIC, DNS or DNS_ROUND_ROBIN"),
-        );
+        f.error("spec.resolution", format!("{resolution:?} is not NONE, STATIC, DNS or DNS_ROUND_ROBIN"));
     }
     if let Some(l) = &spec.location
         && !["MESH_EXTERNAL", "MESH_INTERNAL"].contains(&l.as_str())
     {
-        f.error(
-            "spec.location",
-            format!("{l:?} is not MESH_EXTERNAL or MESH_INTERNAL"),
-        );
+        f.error("spec.location", format!("{l:?} is not MESH_EXTERNAL or MESH_INTERNAL"));
     }
     if !spec.endpoints.is_empty() && spec.workload_selector.is_some() {
-        f.error(
-            "spec.workloadSelector",
-            "set endpoints or workloadSelector, not both",
-        );
+        f.error("spec.workloadSelector", "set endpoints or workloadSelector, not both");
     }
     for (i, ep) in spec.endpoints.iter().enumerate() {
-        if resolution == "STATIC"
-            && ep.address.parse::<IpAddr>().is_err()
-            && !ep.address.starts_with("unix://")
-        {
+        if resolution == "STATIC" && ep.address.parse::<IpAddr>().is_err() && !ep.address.starts_with("unix://") {
             f.error(
                 format!("spec.endpoints[{i}].address"),
                 format!("{:?}: STATIC resolution needs IP addresses", ep.address),
             );
         }
         if ep.address.is_empty() {
-            f.error(
-                format!("spec.endpoints[{i}].address"),
-                "an endpoint needs an address",
-            );
+            f.error(format!("spec.endpoints[{i}].address"), "an endpoint needs an address");
         }
     }
     if resolution == "STATIC" && spec.endpoints.is_empty() && spec.workload_selector.is_none() {
-        f.warn("spec.endpoints", "STATIC resolution with no endpoints and no workloadSelector: calls will fail with no healthy upstream");
+        f.warn(
+            "spec.endpoints",
+            "STATIC resolution with no endpoints and no workloadSelector: calls will fail with no healthy upstream",
+        );
     }
 }
 
@@ -579,10 +447,7 @@ fn workload_entry(we: &WorkloadEntry, f: &mut Findings) {
     }
     for (name, port) in &we.spec.ports {
         if !(1..=65535).contains(port) {
-            f.error(
-                format!("spec.ports.{name}"),
-                "port must be between 1 and 65535",
-            );
+            f.error(format!("spec.ports.{name}"), "port must be between 1 and 65535");
         }
     }
 }

@@ -1,0 +1,407 @@
+//! The shard process: keeps a [`MeshSnapshot`] in step with the store, and
+//! each connected proxy's view in step with the snapshot.
+//!
+//! ```text
+//!  Store::list ─▶ MeshState ◀─ Store::watch (batches) ─┐
+//!                    │                                  │ Compacted ─▶ relist
+//!               Debouncer (100 ms quiet, 10 s max)      │ error ─▶ keep serving, retry
+//!                    ▼
+//!            MeshSnapshot::build ─▶ generate() once per ProxyClass in use
+//!                    ▼
+//!            for each proxy: class view changed? ─▶ watch::Sender<Arc<ProxyView>> ─▶ ADS stream
+//! ```
+//!
+//! A proxy's class is re-resolved on every rebuild, so a Pod relabelled or a
+//! Sidecar added moves its proxies to the right config without a reconnect.
+//! Store errors never stop the shard: it keeps serving the last good snapshot
+//! and resumes the watch from the last revision it saw.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::{Struct, value::Kind as ValueKind};
+use futures::StreamExt;
+use meshplane_model::MeshObject;
+use meshplane_model::key::{CLUSTERS_PREFIX, ObjectKey};
+use meshplane_model::proxy::{NodeId, ProxyMetadata};
+use meshplane_store::{Event, Revision, Store, StoreError, WatchItem};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::ads::{ProxySubscription, SubscribeError, ViewSource};
+use crate::debounce::{DebounceConfig, Debouncer};
+use crate::generate::{EndpointCache, ProxyClass, generate};
+use crate::resources::{ProxyView, ResourceType};
+use crate::snapshot::{MeshSnapshot, MeshState};
+
+/// Settings of a shard.
+#[derive(Clone, Debug, Default)]
+pub struct ShardConfig {
+    pub debounce: DebounceConfig,
+}
+
+struct ProxyEntry {
+    id: String,
+    node: NodeId,
+    metadata: ProxyMetadata,
+    class: ProxyClass,
+    views: watch::Sender<Arc<ProxyView>>,
+}
+
+/// Counters for `/metrics` and debug pages.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    pub rebuilds: AtomicU64,
+    pub classes_generated: AtomicU64,
+    pub proxy_pushes: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub decode_errors: AtomicU64,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    config: ShardConfig,
+    snapshot: RwLock<Arc<MeshSnapshot>>,
+    /// Class views generated from the current snapshot.
+    classes: Mutex<HashMap<ProxyClass, Arc<ProxyView>>>,
+    proxies: Mutex<BTreeMap<u64, ProxyEntry>>,
+    next_connection: AtomicU64,
+    endpoints: EndpointCache,
+    ready: watch::Sender<bool>,
+    stats: ShardStats,
+}
+
+/// A shard: owns the mesh snapshot and the views of the proxies connected to it.
+#[derive(Clone)]
+pub struct Shard {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").finish_non_exhaustive()
+    }
+}
+
+impl Shard {
+    pub fn new(store: Arc<dyn Store>, config: ShardConfig) -> Shard {
+        Shard {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                snapshot: RwLock::new(Arc::new(MeshSnapshot::default())),
+                classes: Mutex::new(HashMap::new()),
+                proxies: Mutex::new(BTreeMap::new()),
+                next_connection: AtomicU64::new(1),
+                endpoints: EndpointCache::default(),
+                ready: watch::channel(false).0,
+                stats: ShardStats::default(),
+            }),
+        }
+    }
+
+    /// Becomes true once the first snapshot is loaded.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.inner.ready.subscribe()
+    }
+
+    pub fn snapshot(&self) -> Arc<MeshSnapshot> {
+        self.inner.snapshot.read().expect("snapshot lock poisoned").clone()
+    }
+
+    pub fn stats(&self) -> &ShardStats {
+        &self.inner.stats
+    }
+
+    /// Follow the store until `shutdown` turns true. Never returns early on
+    /// store errors.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        'relist: loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let (mut state, mut revision) = match self.list().await {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    self.store_error("listing the mesh", &e, &mut backoff, &mut shutdown).await;
+                    continue 'relist;
+                }
+            };
+            self.rebuild(&state, revision).await;
+            let _ = self.inner.ready.send(true);
+            backoff = Duration::from_millis(100);
+            let mut debouncer = Debouncer::new(self.inner.config.debounce);
+            loop {
+                let mut stream = match self.inner.store.watch(CLUSTERS_PREFIX, revision + 1).await {
+                    Ok(s) => s,
+                    Err(StoreError::Compacted { .. }) => continue 'relist,
+                    Err(e) => {
+                        self.store_error("watching the mesh", &e, &mut backoff, &mut shutdown).await;
+                        continue;
+                    }
+                };
+                loop {
+                    let deadline = debouncer.deadline();
+                    tokio::select! {
+                        item = stream.next() => match item {
+                            Some(Ok(WatchItem::Batch(batch))) => {
+                                backoff = Duration::from_millis(100);
+                                revision = batch.revision;
+                                for event in batch.events {
+                                    self.apply(&mut state, event);
+                                }
+                                debouncer.on_change(Instant::now());
+                            }
+                            Some(Ok(WatchItem::Compacted { compact_revision })) => {
+                                tracing::warn!(revision, compact_revision, "store history compacted past our revision; relisting");
+                                continue 'relist;
+                            }
+                            Some(Err(e)) => {
+                                self.store_error("watching the mesh", &e, &mut backoff, &mut shutdown).await;
+                                break;
+                            }
+                            None => break,
+                        },
+                        _ = sleep_until(deadline), if deadline.is_some() => {
+                            if let Some((changes, waited)) = debouncer.fire(Instant::now()) {
+                                tracing::debug!(changes, ?waited, revision, "debounced changes; rebuilding");
+                                self.rebuild(&state, revision).await;
+                            }
+                        }
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn store_error(
+        &self,
+        what: &str,
+        e: &StoreError,
+        backoff: &mut Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        self.inner.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, retry_in = ?*backoff, "store error while {what}; serving the last good snapshot");
+        tokio::select! {
+            _ = tokio::time::sleep(*backoff) => {}
+            _ = shutdown.changed() => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    }
+
+    async fn list(&self) -> Result<(MeshState, Revision), StoreError> {
+        let listing = self.inner.store.list(CLUSTERS_PREFIX, None).await?;
+        let mut state = MeshState::default();
+        for kv in listing.kvs {
+            self.apply(&mut state, Event::Put(kv));
+        }
+        Ok((state, listing.revision))
+    }
+
+    fn apply(&self, state: &mut MeshState, event: Event) {
+        match event {
+            Event::Put(kv) => {
+                let Some(key) = ObjectKey::decode(&kv.key) else { return };
+                match MeshObject::from_json(key.object.kind, &kv.value) {
+                    Ok(object) => state.apply(key, object),
+                    Err(e) => {
+                        self.inner.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(key = %kv.key, error = %e, "skipping undecodable store value; the previous value is dropped too");
+                        state.remove(&key);
+                    }
+                }
+            }
+            Event::Delete { key, .. } => {
+                if let Some(key) = ObjectKey::decode(&key) {
+                    state.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Build a snapshot, regenerate the classes in use, and push changed views.
+    async fn rebuild(&self, state: &MeshState, revision: Revision) {
+        let snapshot = Arc::new(MeshSnapshot::build(state, revision));
+        let shard = self.clone();
+        let work = tokio::task::spawn_blocking(move || shard.publish(snapshot));
+        if let Err(e) = work.await {
+            tracing::error!(error = %e, "config generation panicked; keeping the previous config");
+        }
+    }
+
+    /// Install a snapshot and bring every proxy's view up to date with it.
+    fn publish(&self, snapshot: Arc<MeshSnapshot>) {
+        let inner = &self.inner;
+        inner.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+        *inner.snapshot.write().expect("snapshot lock poisoned") = snapshot.clone();
+        inner.endpoints.begin_round();
+        let mut fresh: HashMap<ProxyClass, Arc<ProxyView>> = HashMap::new();
+        let mut proxies = inner.proxies.lock().expect("proxies lock poisoned");
+        for entry in proxies.values_mut() {
+            entry.class = classify(&snapshot, &entry.node, &entry.metadata);
+            let view = fresh
+                .entry(entry.class.clone())
+                .or_insert_with(|| {
+                    inner.stats.classes_generated.fetch_add(1, Ordering::Relaxed);
+                    Arc::new(generate(&snapshot, &entry.class, &inner.endpoints))
+                })
+                .clone();
+            let changed = !entry.views.borrow().same_content(&view);
+            if changed {
+                inner.stats.proxy_pushes.fetch_add(1, Ordering::Relaxed);
+                let _ = entry.views.send(view);
+            }
+        }
+        drop(proxies);
+        inner.endpoints.sweep();
+        *inner.classes.lock().expect("classes lock poisoned") = fresh;
+    }
+
+    /// The view of a class from the current snapshot, generating it if no
+    /// connected proxy has that class yet.
+    fn class_view(&self, class: &ProxyClass) -> Arc<ProxyView> {
+        if let Some(view) = self.inner.classes.lock().expect("classes lock poisoned").get(class) {
+            return view.clone();
+        }
+        let snapshot = self.snapshot();
+        let view = Arc::new(generate(&snapshot, class, &self.inner.endpoints));
+        self.inner.stats.classes_generated.fetch_add(1, Ordering::Relaxed);
+        self.inner.classes.lock().expect("classes lock poisoned").insert(class.clone(), view.clone());
+        view
+    }
+
+    /// Connected proxies: `(connection, proxy id, class, view revision)`.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.inner
+            .proxies
+            .lock()
+            .expect("proxies lock poisoned")
+            .iter()
+            .map(|(conn, p)| ConnectionInfo {
+                connection: *conn,
+                proxy_id: p.id.clone(),
+                class: p.class.clone(),
+                view: p.views.borrow().clone(),
+            })
+            .collect()
+    }
+
+    /// The view of the newest connection of a proxy id.
+    pub fn proxy_view(&self, proxy_id: &str) -> Option<ConnectionInfo> {
+        self.connections().into_iter().rev().find(|c| c.proxy_id == proxy_id)
+    }
+}
+
+/// A connected proxy, for debug pages.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    pub connection: u64,
+    pub proxy_id: String,
+    pub class: ProxyClass,
+    pub view: Arc<ProxyView>,
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Read the istio-agent metadata a proxy sent.
+pub fn proxy_metadata(metadata: Option<&Struct>) -> ProxyMetadata {
+    let mut out = ProxyMetadata::default();
+    let Some(metadata) = metadata else { return out };
+    let text = |key: &str| match metadata.fields.get(key).and_then(|v| v.kind.as_ref()) {
+        Some(ValueKind::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    };
+    out.namespace = text("NAMESPACE");
+    out.service_account = text("SERVICE_ACCOUNT");
+    out.cluster_id = text("CLUSTER_ID");
+    out.generator = text("GENERATOR");
+    out.interception_mode = text("INTERCEPTION_MODE");
+    if let Some(ValueKind::StructValue(labels)) = metadata.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+        for (k, v) in &labels.fields {
+            if let Some(ValueKind::StringValue(s)) = &v.kind {
+                out.labels.insert(k.clone(), s.clone());
+            }
+        }
+    }
+    out
+}
+
+/// A proxy's class: its namespace, and the labels of the workload at its IP
+/// (metadata LABELS when no workload is known).
+pub fn classify(snapshot: &MeshSnapshot, node: &NodeId, metadata: &ProxyMetadata) -> ProxyClass {
+    let namespace =
+        metadata.namespace.clone().or_else(|| node.namespace().map(str::to_string)).unwrap_or_else(|| "default".into());
+    let labels = snapshot
+        .workload_at(node.ip, Some(&namespace))
+        .map(|w| w.labels.clone())
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| metadata.labels.clone());
+    ProxyClass {
+        namespace,
+        labels,
+        node_type: node.node_type,
+        grpc: metadata.is_grpc(),
+        interception_none: metadata.interception_mode.as_deref() == Some("NONE"),
+    }
+}
+
+struct Registration {
+    shard: Shard,
+    connection: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut proxies) = self.shard.inner.proxies.lock() {
+            proxies.remove(&self.connection);
+        }
+    }
+}
+
+impl ViewSource for Shard {
+    fn subscribe(&self, node: &Node) -> Result<ProxySubscription, SubscribeError> {
+        let id = NodeId::parse(&node.id)
+            .map_err(|e| SubscribeError::InvalidNode { node_id: node.id.clone(), reason: e.to_string() })?;
+        if !*self.inner.ready.borrow() {
+            return Err(SubscribeError::Unavailable {
+                proxy_id: node.id.clone(),
+                reason: "the mesh snapshot is not loaded yet".into(),
+            });
+        }
+        let metadata = proxy_metadata(node.metadata.as_ref());
+        let class = classify(&self.snapshot(), &id, &metadata);
+        let view = self.class_view(&class);
+        let (tx, rx) = watch::channel(view);
+        let connection = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(proxy = %node.id, namespace = %class.namespace, labels = ?class.labels, "proxy connected");
+        self.inner
+            .proxies
+            .lock()
+            .expect("proxies lock poisoned")
+            .insert(connection, ProxyEntry { id: node.id.clone(), node: id, metadata, class, views: tx });
+        Ok(ProxySubscription {
+            proxy_id: node.id.clone(),
+            views: rx,
+            _registration: Box::new(Registration { shard: self.clone(), connection }),
+        })
+    }
+}
+
+/// Resource counts by type, for logs and debug pages.
+pub fn view_summary(view: &ProxyView) -> BTreeMap<&'static str, usize> {
+    ResourceType::ALL.iter().map(|t| (t.short(), view.resources(*t).len())).collect()
+}
