@@ -132,7 +132,7 @@ impl Shard {
                 }
             };
             self.rebuild(&state, revision).await;
-            let _ = self.inner.ready.send(true);
+            self.inner.ready.send_replace(true);
             backoff = Duration::from_millis(100);
             let mut debouncer = Debouncer::new(self.inner.config.debounce);
             loop {
@@ -258,7 +258,7 @@ impl Shard {
             let changed = !entry.views.borrow().same_content(&view);
             if changed {
                 inner.stats.proxy_pushes.fetch_add(1, Ordering::Relaxed);
-                let _ = entry.views.send(view);
+                entry.views.send_replace(view);
             }
         }
         drop(proxies);
