@@ -143,6 +143,10 @@ pub struct EndpointModel {
     pub weight: u32,
 }
 
+/// The locality of an endpoint: `(cluster, node name, EndpointSlice zone)`
+/// to the node's topology labels (the slice's zone when the node has none).
+type NodeLocality<'a> = dyn Fn(&str, Option<&str>, Option<&str>) -> Locality + 'a;
+
 /// A workload a proxy can run beside.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
@@ -398,7 +402,7 @@ fn kubernetes_endpoints(
     slices: &[(&str, &meshplane_model::k8s::EndpointSlice)],
     pods: &[(&str, &Pod)],
     workload_entries: &[(&str, &WorkloadEntry)],
-    locality_of_node: &dyn Fn(&str, Option<&str>, Option<&str>) -> Locality,
+    locality_of_node: &NodeLocality<'_>,
 ) -> Vec<EndpointModel> {
     let ns = svc.metadata.namespace();
     let name = svc.metadata.name.as_str();
@@ -507,7 +511,7 @@ fn workload_entry_endpoint(
     spec: &meshplane_model::networking::WorkloadEntrySpec,
     labels: BTreeMap<String, String>,
     model: &ServiceModel,
-    locality_of_node: &dyn Fn(&str, Option<&str>, Option<&str>) -> Locality,
+    locality_of_node: &NodeLocality<'_>,
 ) -> EndpointModel {
     let ports = model
         .ports
@@ -574,7 +578,7 @@ fn service_entry_endpoints(
     model: &ServiceModel,
     pods: &[(&str, &Pod)],
     workload_entries: &[(&str, &WorkloadEntry)],
-    locality_of_node: &dyn Fn(&str, Option<&str>, Option<&str>) -> Locality,
+    locality_of_node: &NodeLocality<'_>,
 ) -> Vec<EndpointModel> {
     let ns = se.metadata.namespace();
     let mut out: Vec<EndpointModel> = se

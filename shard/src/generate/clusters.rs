@@ -193,7 +193,6 @@ pub fn load_assignment(
                     region: locality.region.clone(),
                     zone: locality.zone.clone(),
                     sub_zone: locality.subzone.clone(),
-                    ..Default::default()
                 }),
                 load_balancing_weight: Some(UInt32Value { value: weights[locality] }),
                 lb_endpoints,

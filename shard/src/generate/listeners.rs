@@ -32,7 +32,7 @@ fn router() -> HttpFilter {
 /// Where an HCM gets its routes.
 pub enum Routes {
     Rds(String),
-    Inline(RouteConfiguration),
+    Inline(Box<RouteConfiguration>),
 }
 
 pub fn http_connection_manager(stat_prefix: &str, routes: Routes, sidecar: bool) -> HttpConnectionManager {
@@ -43,7 +43,7 @@ pub fn http_connection_manager(stat_prefix: &str, routes: Routes, sidecar: bool)
             Routes::Rds(name) => {
                 RouteSpecifier::Rds(Rds { config_source: Some(ads_config_source()), route_config_name: name })
             }
-            Routes::Inline(rc) => RouteSpecifier::RouteConfig(rc),
+            Routes::Inline(rc) => RouteSpecifier::RouteConfig(*rc),
         }),
         http_filters: vec![router()],
         // Sidecars ignore the port in Host (VS-08); paths are normalised (AZ-05).

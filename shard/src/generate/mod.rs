@@ -549,8 +549,11 @@ impl Generator<'_> {
                 }],
                 ..Default::default()
             };
-            let hcm =
-                listeners::http_connection_manager(&format!("inbound_{port}"), listeners::Routes::Inline(rc), true);
+            let hcm = listeners::http_connection_manager(
+                &format!("inbound_{port}"),
+                listeners::Routes::Inline(Box::new(rc)),
+                true,
+            );
             Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
                 config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),

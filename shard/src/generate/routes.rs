@@ -275,16 +275,17 @@ pub fn destination_cluster(d: &Destination, vs_namespace: &str, ctx: &RouteConte
 }
 
 fn translate_match(m: &HttpMatchRequest) -> RouteMatch {
-    let mut out = RouteMatch::default();
-    out.path_specifier = Some(match m.uri.as_ref().and_then(StringMatch::kind) {
+    let path = match m.uri.as_ref().and_then(StringMatch::kind) {
         Some(StringMatchKind::Exact(p)) => PathSpecifier::Path(p.to_string()),
         Some(StringMatchKind::Prefix(p)) => PathSpecifier::Prefix(p.to_string()),
         Some(StringMatchKind::Regex(r)) => PathSpecifier::SafeRegex(regex(r)),
         Some(StringMatchKind::Present) | None => PathSpecifier::Prefix("/".into()),
-    });
-    if m.ignore_uri_case {
-        out.case_sensitive = Some(BoolValue { value: false });
-    }
+    };
+    let mut out = RouteMatch {
+        path_specifier: Some(path),
+        case_sensitive: m.ignore_uri_case.then_some(BoolValue { value: false }),
+        ..Default::default()
+    };
     for (name, sm) in [(":method", &m.method), (":authority", &m.authority), (":scheme", &m.scheme)] {
         if let Some(sm) = sm {
             out.headers.push(header_matcher(name, sm, false));
@@ -321,7 +322,6 @@ fn header_matcher(name: &str, sm: &StringMatch, invert: bool) -> HeaderMatcher {
         header_match_specifier: Some(specifier),
         invert_match: invert,
         treat_missing_header_as_empty: invert && !presence,
-        ..Default::default()
     }
 }
 
