@@ -44,14 +44,10 @@ impl ResourceType {
     pub const fn type_url(self) -> &'static str {
         match self {
             ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            ResourceType::Endpoint => {
-                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-            }
+            ResourceType::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-            ResourceType::Secret => {
-                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-            }
+            ResourceType::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
         }
     }
 
@@ -166,8 +162,7 @@ impl ProxyView {
     pub fn same_content(&self, other: &ProxyView) -> bool {
         ResourceType::ALL.iter().all(|&t| {
             let (a, b) = (self.resources(t), other.resources(t));
-            a.len() == b.len()
-                && a.iter().zip(b).all(|((na, ra), (nb, rb))| na == nb && ra.version == rb.version)
+            a.len() == b.len() && a.iter().zip(b).all(|((na, ra), (nb, rb))| na == nb && ra.version == rb.version)
         })
     }
 }

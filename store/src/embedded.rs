@@ -61,8 +61,8 @@ use tokio::time::Instant;
 use self::keyspace::{Changes, Keyspace, LogRead};
 use self::redb_file::RedbFile;
 use crate::{
-    Condition, KeyValue, LeaseId, ListResponse, Op, PutOptions, Revision, Store, StoreError,
-    WatchBatch, WatchItem, WatchStream,
+    Condition, KeyValue, LeaseId, ListResponse, Op, PutOptions, Revision, Store, StoreError, WatchBatch, WatchItem,
+    WatchStream,
 };
 
 /// Tuning of an [`EmbeddedStore`].
@@ -77,9 +77,7 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions {
-            retain_revisions: 10_000,
-        }
+        EmbeddedOptions { retain_revisions: 10_000 }
     }
 }
 
@@ -117,10 +115,7 @@ struct State {
 
 impl Drop for Core {
     fn drop(&mut self) {
-        let state = self
-            .state
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = self.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(task) = state.lease_task.take() {
             task.abort();
         }
@@ -129,9 +124,7 @@ impl Drop for Core {
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore")
-            .field("path", &self.core.path)
-            .finish_non_exhaustive()
+        f.debug_struct("EmbeddedStore").field("path", &self.core.path).finish_non_exhaustive()
     }
 }
 
@@ -163,11 +156,8 @@ impl EmbeddedStore {
     pub fn open_with(dir: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
         let (file, restored) = RedbFile::open(dir)?;
         let path = dir.join(redb_file::FILE_NAME);
-        let keyspace =
-            Keyspace::restore(restored, Instant::now()).map_err(|detail| StoreError::Corrupt {
-                path: path.display().to_string(),
-                detail,
-            })?;
+        let keyspace = Keyspace::restore(restored, Instant::now())
+            .map_err(|detail| StoreError::Corrupt { path: path.display().to_string(), detail })?;
         let has_leases = keyspace.has_leases();
         let store = Self::from_parts(keyspace, Some(file), Some(path), options);
         if has_leases {
@@ -177,12 +167,7 @@ impl EmbeddedStore {
         Ok(store)
     }
 
-    fn from_parts(
-        keyspace: Keyspace,
-        file: Option<RedbFile>,
-        path: Option<PathBuf>,
-        options: EmbeddedOptions,
-    ) -> Self {
+    fn from_parts(keyspace: Keyspace, file: Option<RedbFile>, path: Option<PathBuf>, options: EmbeddedOptions) -> Self {
         let (changed, _) = watch::channel(keyspace.revision());
         let state = State {
             keyspace,
@@ -192,11 +177,7 @@ impl EmbeddedStore {
             lease_task: None,
         };
         EmbeddedStore {
-            core: Arc::new(Core {
-                state: Mutex::new(state),
-                lease_granted: Arc::new(Notify::new()),
-                path,
-            }),
+            core: Arc::new(Core { state: Mutex::new(state), lease_granted: Arc::new(Notify::new()), path }),
         }
     }
 
@@ -210,8 +191,7 @@ impl Core {
     fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
         self.state.lock().map_err(|_| {
             StoreError::Unavailable(
-                "the embedded store's state was poisoned by a panic; restart the process"
-                    .to_owned(),
+                "the embedded store's state was poisoned by a panic; restart the process".to_owned(),
             )
         })
     }
@@ -233,14 +213,10 @@ impl Core {
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Unavailable(
-                "leases of the embedded store need a Tokio runtime to expire; use the store from inside one"
-                    .to_owned(),
+                "leases of the embedded store need a Tokio runtime to expire; use the store from inside one".to_owned(),
             )
         })?;
-        let task = runtime.spawn(expire_leases(
-            Arc::downgrade(self),
-            self.lease_granted.clone(),
-        ));
+        let task = runtime.spawn(expire_leases(Arc::downgrade(self), self.lease_granted.clone()));
         state.lease_task = Some(task.abort_handle());
         Ok(())
     }
@@ -333,11 +309,7 @@ impl Watcher {
                     self.done = true;
                     return Some(Ok(WatchItem::Compacted { compact_revision }));
                 }
-                Ok(LogRead::Batches {
-                    batches,
-                    next,
-                    caught_up,
-                }) => {
+                Ok(LogRead::Batches { batches, next, caught_up }) => {
                     self.next = next;
                     self.pending.extend(batches);
                     if !self.pending.is_empty() || !caught_up {
@@ -378,41 +350,28 @@ impl Store for EmbeddedStore {
     }
 
     async fn list(&self, prefix: &str, at: Option<Revision>) -> Result<ListResponse, StoreError> {
-        self.core
-            .operate(|state, _| state.keyspace.list(prefix, at))
+        self.core.operate(|state, _| state.keyspace.list(prefix, at))
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Bytes,
-        options: PutOptions,
-    ) -> Result<Revision, StoreError> {
+    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<Revision, StoreError> {
         self.core.operate(|state, now| {
             let changes = state.keyspace.plan_put(key, value, options)?;
             state.commit(changes, now)
         })
     }
 
-    async fn delete(
-        &self,
-        key: &str,
-        condition: Condition,
-    ) -> Result<Option<Revision>, StoreError> {
-        self.core.operate(
-            |state, now| match state.keyspace.plan_delete(key, condition)? {
-                Some(changes) => state.commit(changes, now).map(Some),
-                None => Ok(None),
-            },
-        )
+    async fn delete(&self, key: &str, condition: Condition) -> Result<Option<Revision>, StoreError> {
+        self.core.operate(|state, now| match state.keyspace.plan_delete(key, condition)? {
+            Some(changes) => state.commit(changes, now).map(Some),
+            None => Ok(None),
+        })
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<Option<Revision>, StoreError> {
-        self.core
-            .operate(|state, now| match state.keyspace.plan_batch(&ops)? {
-                Some(changes) => state.commit(changes, now).map(Some),
-                None => Ok(None),
-            })
+        self.core.operate(|state, now| match state.keyspace.plan_batch(&ops)? {
+            Some(changes) => state.commit(changes, now).map(Some),
+            None => Ok(None),
+        })
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
@@ -433,8 +392,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.core
-            .operate(|state, _| state.keyspace.compact(revision))
+        self.core.operate(|state, _| state.keyspace.compact(revision))
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
@@ -450,8 +408,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
-        self.core
-            .operate(|state, now| state.keyspace.keep_alive(lease, now))
+        self.core.operate(|state, now| state.keyspace.keep_alive(lease, now))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {

@@ -171,7 +171,9 @@ pub enum WatchItem {
     Batch(WatchBatch),
     /// History the watcher needed is gone: list again, then watch from the
     /// listing's revision + 1. The stream ends after this item.
-    Compacted { compact_revision: Revision },
+    Compacted {
+        compact_revision: Revision,
+    },
 }
 
 /// A watch stream. Errors are transport/backend failures; the stream ends after one.
@@ -180,7 +182,9 @@ pub type WatchStream = BoxStream<'static, Result<WatchItem, StoreError>>;
 /// Everything a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("revision {requested} has been compacted (compaction point {compact_revision}); list the current state instead")]
+    #[error(
+        "revision {requested} has been compacted (compaction point {compact_revision}); list the current state instead"
+    )]
     Compacted { requested: Revision, compact_revision: Revision },
     #[error("revision {requested} is in the future (current revision {current})")]
     FutureRevision { requested: Revision, current: Revision },

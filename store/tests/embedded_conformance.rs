@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use meshplane_store::embedded::EmbeddedOptions;
 use meshplane_store::{
-    Condition, EmbeddedStore, Event, LeaseId, PutOptions, Store, StoreError, WatchBatch, WatchItem,
-    WatchStream, conformance,
+    Condition, EmbeddedStore, Event, LeaseId, PutOptions, Store, StoreError, WatchBatch, WatchItem, WatchStream,
+    conformance,
 };
 use tokio::time::{Instant, timeout};
 
@@ -62,17 +62,11 @@ fn bytes(value: &str) -> Bytes {
 }
 
 async fn put(store: &EmbeddedStore, key: &str, value: &str) -> i64 {
-    store
-        .put(key, bytes(value), PutOptions::default())
-        .await
-        .expect("put")
+    store.put(key, bytes(value), PutOptions::default()).await.expect("put")
 }
 
 async fn next_item(watch: &mut WatchStream) -> Result<WatchItem, StoreError> {
-    timeout(DEADLINE, watch.next())
-        .await
-        .expect("a watch item within the deadline")
-        .expect("the stream has not ended")
+    timeout(DEADLINE, watch.next()).await.expect("a watch item within the deadline").expect("the stream has not ended")
 }
 
 async fn next_batch(watch: &mut WatchStream) -> WatchBatch {
@@ -97,31 +91,17 @@ async fn reopen_keeps_keys_bookkeeping_and_revision() {
         put(&store, "/k/gone", "1").await; // 5
         store.delete("/k/gone", Condition::None).await.unwrap(); // 6
         store.batch(vec![]).await.unwrap();
-        (
-            store.list("", None).await.unwrap(),
-            store.revision().await.unwrap(),
-        )
+        (store.list("", None).await.unwrap(), store.revision().await.unwrap())
     };
     assert_eq!(revision, 6);
 
     let store = open(dir.path());
-    assert_eq!(
-        store.revision().await.unwrap(),
-        6,
-        "the revision survives a reopen"
-    );
+    assert_eq!(store.revision().await.unwrap(), 6, "the revision survives a reopen");
     let after = store.list("", None).await.unwrap();
-    assert_eq!(
-        after, before,
-        "keys, values and bookkeeping survive a reopen"
-    );
+    assert_eq!(after, before, "keys, values and bookkeeping survive a reopen");
     let a = store.get("/k/a").await.unwrap().unwrap();
     assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 3, 2));
-    assert_eq!(
-        put(&store, "/k/a", "3").await,
-        7,
-        "revisions continue after a reopen"
-    );
+    assert_eq!(put(&store, "/k/a", "3").await, 7, "revisions continue after a reopen");
     assert_eq!(store.get("/k/a").await.unwrap().unwrap().version, 3);
 }
 
@@ -134,10 +114,7 @@ async fn history_before_a_reopen_is_compacted() {
         put(&store, "/h/b", "1").await; // 3
         store
             .batch(vec![
-                meshplane_store::Op::Put {
-                    key: "/h/a".into(),
-                    value: bytes("2"),
-                },
+                meshplane_store::Op::Put { key: "/h/a".into(), value: bytes("2") },
                 meshplane_store::Op::Delete { key: "/h/b".into() },
             ])
             .await
@@ -145,29 +122,14 @@ async fn history_before_a_reopen_is_compacted() {
     }
     let store = open(dir.path());
     match store.list("/h/", Some(3)).await {
-        Err(StoreError::Compacted {
-            requested: 3,
-            compact_revision: 4,
-        }) => {}
+        Err(StoreError::Compacted { requested: 3, compact_revision: 4 }) => {}
         other => panic!("history before the reopen: expected Compacted at 4, got {other:?}"),
     }
-    assert_eq!(
-        store.list("/h/", Some(4)).await.unwrap().kvs.len(),
-        1,
-        "the reopen revision is readable"
-    );
+    assert_eq!(store.list("/h/", Some(4)).await.unwrap().kvs.len(), 1, "the reopen revision is readable");
 
     let mut stale = store.watch("/h/", 3).await.unwrap();
-    assert!(matches!(
-        next_item(&mut stale).await,
-        Ok(WatchItem::Compacted {
-            compact_revision: 4
-        })
-    ));
-    assert!(
-        timeout(DEADLINE, stale.next()).await.unwrap().is_none(),
-        "ends after Compacted"
-    );
+    assert!(matches!(next_item(&mut stale).await, Ok(WatchItem::Compacted { compact_revision: 4 })));
+    assert!(timeout(DEADLINE, stale.next()).await.unwrap().is_none(), "ends after Compacted");
 
     // The last revision's changes, deletions included, are still watchable.
     let mut watch = store.watch("/h/", 4).await.unwrap();
@@ -180,11 +142,7 @@ async fn history_before_a_reopen_is_compacted() {
         batch.events
     );
     put(&store, "/h/c", "1").await;
-    assert_eq!(
-        next_batch(&mut watch).await.revision,
-        5,
-        "and the watch follows on"
-    );
+    assert_eq!(next_batch(&mut watch).await.revision, 5, "and the watch follows on");
 }
 
 #[tokio::test(start_paused = true)]
@@ -195,17 +153,7 @@ async fn leases_survive_a_reopen_and_expire_unless_kept_alive() {
         let kept = store.grant_lease(Duration::from_secs(10)).await.unwrap();
         let dropped = store.grant_lease(Duration::from_secs(10)).await.unwrap();
         for (key, lease) in [("/l/kept", kept), ("/l/dropped", dropped)] {
-            store
-                .put(
-                    key,
-                    bytes("v"),
-                    PutOptions {
-                        lease: Some(lease),
-                        ..PutOptions::default()
-                    },
-                )
-                .await
-                .unwrap();
+            store.put(key, bytes("v"), PutOptions { lease: Some(lease), ..PutOptions::default() }).await.unwrap();
         }
         (kept, dropped)
     };
@@ -214,15 +162,8 @@ async fn leases_survive_a_reopen_and_expire_unless_kept_alive() {
 
     let store = open(dir.path());
     let opened_at = Instant::now();
-    assert_eq!(
-        store.list("/l/", None).await.unwrap().kvs.len(),
-        2,
-        "leased keys survive the reopen"
-    );
-    assert_eq!(
-        store.get("/l/kept").await.unwrap().unwrap().lease,
-        Some(kept)
-    );
+    assert_eq!(store.list("/l/", None).await.unwrap().kvs.len(), 2, "leased keys survive the reopen");
+    assert_eq!(store.get("/l/kept").await.unwrap().unwrap().lease, Some(kept));
     let from = store.revision().await.unwrap() + 1;
     let mut watch = store.watch("/l/", from).await.unwrap();
     let keep_alive = {
@@ -231,28 +172,14 @@ async fn leases_survive_a_reopen_and_expire_unless_kept_alive() {
             let mut ticks = tokio::time::interval(Duration::from_secs(3));
             loop {
                 ticks.tick().await;
-                store
-                    .keep_alive(kept)
-                    .await
-                    .expect("the kept lease stays alive");
+                store.keep_alive(kept).await.expect("the kept lease stays alive");
             }
         })
     };
     let expiry = next_batch(&mut watch).await;
-    assert!(
-        opened_at.elapsed() >= Duration::from_secs(10),
-        "a restored lease gets a full TTL"
-    );
-    assert_eq!(
-        expiry.events,
-        vec![Event::Delete {
-            key: "/l/dropped".into(),
-            revision: from
-        }]
-    );
-    assert!(
-        matches!(store.keep_alive(dropped).await, Err(StoreError::LeaseNotFound(id)) if id == dropped)
-    );
+    assert!(opened_at.elapsed() >= Duration::from_secs(10), "a restored lease gets a full TTL");
+    assert_eq!(expiry.events, vec![Event::Delete { key: "/l/dropped".into(), revision: from }]);
+    assert!(matches!(store.keep_alive(dropped).await, Err(StoreError::LeaseNotFound(id)) if id == dropped));
 
     // Well past the TTL, the kept lease still holds its key.
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -260,10 +187,7 @@ async fn leases_survive_a_reopen_and_expire_unless_kept_alive() {
     keep_alive.abort();
 
     let fresh = store.grant_lease(Duration::from_secs(10)).await.unwrap();
-    assert!(
-        fresh > kept && fresh > dropped,
-        "lease ids are not reused after a reopen"
-    );
+    assert!(fresh > kept && fresh > dropped, "lease ids are not reused after a reopen");
 }
 
 #[tokio::test(start_paused = true)]
@@ -272,49 +196,25 @@ async fn an_expired_lease_stays_expired_after_a_reopen() {
     let lease = {
         let store = open(dir.path());
         let lease = store.grant_lease(Duration::from_secs(5)).await.unwrap();
-        store
-            .put(
-                "/e",
-                bytes("v"),
-                PutOptions {
-                    lease: Some(lease),
-                    ..PutOptions::default()
-                },
-            )
-            .await
-            .unwrap();
+        store.put("/e", bytes("v"), PutOptions { lease: Some(lease), ..PutOptions::default() }).await.unwrap();
         store.revoke_lease(lease).await.unwrap();
         lease
     };
     let store = open(dir.path());
     assert_eq!(store.get("/e").await.unwrap(), None);
-    assert!(matches!(
-        store.keep_alive(lease).await,
-        Err(StoreError::LeaseNotFound(_))
-    ));
+    assert!(matches!(store.keep_alive(lease).await, Err(StoreError::LeaseNotFound(_))));
 }
 
 #[test]
 fn garbage_in_the_file_is_reported_as_corrupt_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("meshplane-store.redb");
-    std::fs::write(
-        &file,
-        b"this is not a redb database, just some bytes that happen to be here".repeat(100),
-    )
-    .unwrap();
+    std::fs::write(&file, b"this is not a redb database, just some bytes that happen to be here".repeat(100)).unwrap();
     match EmbeddedStore::open(dir.path()) {
         Err(StoreError::Corrupt { path, detail }) => {
-            assert_eq!(
-                Path::new(&path),
-                file,
-                "the error names the file ({detail})"
-            );
+            assert_eq!(Path::new(&path), file, "the error names the file ({detail})");
             let message = StoreError::Corrupt { path, detail }.to_string();
-            assert!(
-                message.contains("move it aside"),
-                "the message tells the operator what to do: {message}"
-            );
+            assert!(message.contains("move it aside"), "the message tells the operator what to do: {message}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
@@ -365,17 +265,7 @@ async fn dropping_the_store_closes_the_file_and_ends_watches() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let lease = store.grant_lease(Duration::from_secs(5)).await.unwrap();
-    store
-        .put(
-            "/d",
-            bytes("v"),
-            PutOptions {
-                lease: Some(lease),
-                ..PutOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    store.put("/d", bytes("v"), PutOptions { lease: Some(lease), ..PutOptions::default() }).await.unwrap();
     let mut watch = store.watch("", 1).await.unwrap();
     let clone = store.clone();
     drop(store);
@@ -389,10 +279,7 @@ async fn dropping_the_store_closes_the_file_and_ends_watches() {
 
     // It reads what it can, then reports the store gone and ends.
     let mut items = Vec::new();
-    while let Some(item) = timeout(DEADLINE, watch.next())
-        .await
-        .expect("the watch ends")
-    {
+    while let Some(item) = timeout(DEADLINE, watch.next()).await.expect("the watch ends") {
         items.push(item);
     }
     assert!(
@@ -403,31 +290,18 @@ async fn dropping_the_store_closes_the_file_and_ends_watches() {
 
 #[tokio::test(start_paused = true)]
 async fn history_is_bounded_by_retain_revisions() {
-    let store = EmbeddedStore::in_memory_with(EmbeddedOptions {
-        retain_revisions: 5,
-    });
+    let store = EmbeddedStore::in_memory_with(EmbeddedOptions { retain_revisions: 5 });
     let mut lagging = store.watch("/b/", 2).await.unwrap();
     for i in 0..20 {
         put(&store, &format!("/b/{}", i % 3), &i.to_string()).await; // 2..=21
     }
-    store
-        .list("", Some(16))
-        .await
-        .expect("the last 5 revisions before 21 stay readable");
+    store.list("", Some(16)).await.expect("the last 5 revisions before 21 stay readable");
     match store.list("", Some(15)).await {
-        Err(StoreError::Compacted {
-            requested: 15,
-            compact_revision: 16,
-        }) => {}
+        Err(StoreError::Compacted { requested: 15, compact_revision: 16 }) => {}
         other => panic!("expected Compacted at 16, got {other:?}"),
     }
     // The lagging watcher is told, not skipped forward.
-    assert!(matches!(
-        next_item(&mut lagging).await,
-        Ok(WatchItem::Compacted {
-            compact_revision: 16
-        })
-    ));
+    assert!(matches!(next_item(&mut lagging).await, Ok(WatchItem::Compacted { compact_revision: 16 })));
     assert!(timeout(DEADLINE, lagging.next()).await.unwrap().is_none());
 
     // The recovery recipe: list, then watch from the listing's revision + 1.
@@ -435,17 +309,12 @@ async fn history_is_bounded_by_retain_revisions() {
     assert_eq!(listing.kvs.len(), 3);
     let mut resumed = store.watch("/b/", listing.revision + 1).await.unwrap();
     put(&store, "/b/new", "v").await;
-    assert_eq!(
-        next_batch(&mut resumed).await.revision,
-        listing.revision + 1
-    );
+    assert_eq!(next_batch(&mut resumed).await.revision, listing.revision + 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_watcher_keeping_up_is_not_compacted_by_unrelated_churn() {
-    let store = EmbeddedStore::in_memory_with(EmbeddedOptions {
-        retain_revisions: 2,
-    });
+    let store = EmbeddedStore::in_memory_with(EmbeddedOptions { retain_revisions: 2 });
     let mut watch = store.watch("/mine/", 1).await.unwrap();
     for round in 0..10 {
         let revision = put(&store, "/mine/k", &round.to_string()).await;
@@ -459,10 +328,7 @@ async fn clones_share_one_store() {
     let store = EmbeddedStore::in_memory();
     let clone = store.clone();
     put(&store, "/shared", "v").await;
-    assert_eq!(
-        clone.get("/shared").await.unwrap().unwrap().value,
-        bytes("v")
-    );
+    assert_eq!(clone.get("/shared").await.unwrap().unwrap().value, bytes("v"));
     let lease: LeaseId = clone.grant_lease(Duration::from_secs(1)).await.unwrap();
     store.keep_alive(lease).await.unwrap();
 }
@@ -483,14 +349,8 @@ fn in_memory_works_outside_a_runtime_until_a_lease_is_needed() {
 #[tokio::test(start_paused = true)]
 async fn a_zero_ttl_and_an_empty_key_are_invalid() {
     let store = EmbeddedStore::in_memory();
-    assert!(matches!(
-        store.grant_lease(Duration::ZERO).await,
-        Err(StoreError::Invalid(_))
-    ));
-    assert!(matches!(
-        store.put("", bytes("v"), PutOptions::default()).await,
-        Err(StoreError::Invalid(_))
-    ));
+    assert!(matches!(store.grant_lease(Duration::ZERO).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(store.put("", bytes("v"), PutOptions::default()).await, Err(StoreError::Invalid(_))));
     assert_eq!(store.revision().await.unwrap(), 1);
 }
 

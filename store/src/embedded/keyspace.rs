@@ -28,10 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::{
-    Condition, Event, KeyValue, LeaseId, ListResponse, Op, PutOptions, Revision, StoreError,
-    WatchBatch,
-};
+use crate::{Condition, Event, KeyValue, LeaseId, ListResponse, Op, PutOptions, Revision, StoreError, WatchBatch};
 
 /// The value of a key from `revision` on; `kv: None` is a deletion at `revision`.
 #[derive(Debug)]
@@ -137,36 +134,16 @@ impl Keyspace {
     /// recorded deletions. Restored leases get a full TTL from `now`.
     /// Returns a description of the first inconsistency found.
     pub(crate) fn restore(restored: Restored, now: Instant) -> Result<Self, String> {
-        let Restored {
-            revision,
-            kvs,
-            deleted_at_revision,
-            leases,
-            next_lease,
-        } = restored;
+        let Restored { revision, kvs, deleted_at_revision, leases, next_lease } = restored;
         if revision < 1 {
             return Err(format!("stored revision {revision} is below 1"));
         }
-        let mut keyspace = Keyspace {
-            revision,
-            compact_revision: revision,
-            next_lease,
-            ..Keyspace::new()
-        };
+        let mut keyspace = Keyspace { revision, compact_revision: revision, next_lease, ..Keyspace::new() };
         for (id, ttl) in leases {
             if id.0 >= next_lease {
-                return Err(format!(
-                    "lease {id} is not below the next lease id {next_lease:x}"
-                ));
+                return Err(format!("lease {id} is not below the next lease id {next_lease:x}"));
             }
-            keyspace.leases.insert(
-                id,
-                Lease {
-                    ttl,
-                    deadline: now + ttl,
-                    keys: BTreeSet::new(),
-                },
-            );
+            keyspace.leases.insert(id, Lease { ttl, deadline: now + ttl, keys: BTreeSet::new() });
         }
         let mut events = Vec::new();
         for kv in kvs {
@@ -183,29 +160,18 @@ impl Keyspace {
             }
             if let Some(lease) = kv.lease {
                 let Some(entry) = keyspace.leases.get_mut(&lease) else {
-                    return Err(format!(
-                        "key {:?} is attached to unknown lease {lease}",
-                        kv.key
-                    ));
+                    return Err(format!("key {:?} is attached to unknown lease {lease}", kv.key));
                 };
                 entry.keys.insert(kv.key.clone());
             }
             if kv.mod_revision == revision {
                 events.push(Event::Put(kv.clone()));
             }
-            keyspace.keys.insert(
-                kv.key.clone(),
-                vec![Version {
-                    revision: kv.mod_revision,
-                    kv: Some(kv),
-                }],
-            );
+            keyspace.keys.insert(kv.key.clone(), vec![Version { revision: kv.mod_revision, kv: Some(kv) }]);
         }
         for key in deleted_at_revision {
             if keyspace.keys.contains_key(&key) {
-                return Err(format!(
-                    "key {key:?} is both live and deleted at revision {revision}"
-                ));
+                return Err(format!("key {key:?} is both live and deleted at revision {revision}"));
             }
             events.push(Event::Delete { key, revision });
         }
@@ -233,11 +199,7 @@ impl Keyspace {
     }
 
     /// Every live key under `prefix` (a plain byte prefix) as of `at`.
-    pub(crate) fn list(
-        &self,
-        prefix: &str,
-        at: Option<Revision>,
-    ) -> Result<ListResponse, StoreError> {
+    pub(crate) fn list(&self, prefix: &str, at: Option<Revision>) -> Result<ListResponse, StoreError> {
         let at = at.unwrap_or(self.revision);
         self.check_readable(at)?;
         let kvs = self
@@ -254,26 +216,15 @@ impl Keyspace {
 
     fn check_readable(&self, at: Revision) -> Result<(), StoreError> {
         if at > self.revision {
-            return Err(StoreError::FutureRevision {
-                requested: at,
-                current: self.revision,
-            });
+            return Err(StoreError::FutureRevision { requested: at, current: self.revision });
         }
         if at < self.compact_revision {
-            return Err(StoreError::Compacted {
-                requested: at,
-                compact_revision: self.compact_revision,
-            });
+            return Err(StoreError::Compacted { requested: at, compact_revision: self.compact_revision });
         }
         Ok(())
     }
 
-    pub(crate) fn plan_put(
-        &self,
-        key: &str,
-        value: Bytes,
-        options: PutOptions,
-    ) -> Result<Changes, StoreError> {
+    pub(crate) fn plan_put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<Changes, StoreError> {
         check_key(key)?;
         if let Some(lease) = options.lease
             && !self.leases.contains_key(&lease)
@@ -288,19 +239,12 @@ impl Keyspace {
     }
 
     /// `None` when the key does not exist (and the condition allows that).
-    pub(crate) fn plan_delete(
-        &self,
-        key: &str,
-        condition: Condition,
-    ) -> Result<Option<Changes>, StoreError> {
+    pub(crate) fn plan_delete(&self, key: &str, condition: Condition) -> Result<Option<Changes>, StoreError> {
         check_key(key)?;
         let current = self.live(key);
         check_condition(key, condition, current)?;
         Ok(current.map(|_| {
-            self.changes_at_next_revision(vec![Event::Delete {
-                key: key.to_owned(),
-                revision: self.revision + 1,
-            }])
+            self.changes_at_next_revision(vec![Event::Delete { key: key.to_owned(), revision: self.revision + 1 }])
         }))
     }
 
@@ -325,17 +269,8 @@ impl Keyspace {
                 let current = self.live(key);
                 match op {
                     Op::Put { value, .. } if current.is_some_and(|kv| kv.value == *value) => None,
-                    Op::Put { value, .. } => Some(Event::Put(next_value(
-                        current,
-                        key,
-                        value.clone(),
-                        None,
-                        revision,
-                    ))),
-                    Op::Delete { .. } => current.map(|_| Event::Delete {
-                        key: key.to_owned(),
-                        revision,
-                    }),
+                    Op::Put { value, .. } => Some(Event::Put(next_value(current, key, value.clone(), None, revision))),
+                    Op::Delete { .. } => current.map(|_| Event::Delete { key: key.to_owned(), revision }),
                 }
             })
             .collect();
@@ -344,9 +279,7 @@ impl Keyspace {
 
     pub(crate) fn plan_grant(&self, ttl: Duration) -> Result<Changes, StoreError> {
         if ttl.is_zero() {
-            return Err(StoreError::Invalid(
-                "a lease needs a TTL above zero".to_owned(),
-            ));
+            return Err(StoreError::Invalid("a lease needs a TTL above zero".to_owned()));
         }
         Ok(Changes {
             revision: self.revision,
@@ -357,24 +290,11 @@ impl Keyspace {
 
     /// Forget a lease and delete its keys at one revision (none if it has no keys).
     pub(crate) fn plan_revoke(&self, lease: LeaseId) -> Result<Changes, StoreError> {
-        let entry = self
-            .leases
-            .get(&lease)
-            .ok_or(StoreError::LeaseNotFound(lease))?;
+        let entry = self.leases.get(&lease).ok_or(StoreError::LeaseNotFound(lease))?;
         let revision = self.revision + 1;
-        let events: Vec<Event> = entry
-            .keys
-            .iter()
-            .map(|key| Event::Delete {
-                key: key.clone(),
-                revision,
-            })
-            .collect();
+        let events: Vec<Event> = entry.keys.iter().map(|key| Event::Delete { key: key.clone(), revision }).collect();
         let mut changes = if events.is_empty() {
-            Changes {
-                revision: self.revision,
-                ..Changes::default()
-            }
+            Changes { revision: self.revision, ..Changes::default() }
         } else {
             self.changes_at_next_revision(events)
         };
@@ -383,11 +303,7 @@ impl Keyspace {
     }
 
     /// Restart a lease's TTL at `now`; returns the TTL.
-    pub(crate) fn keep_alive(
-        &mut self,
-        lease: LeaseId,
-        now: Instant,
-    ) -> Result<Duration, StoreError> {
+    pub(crate) fn keep_alive(&mut self, lease: LeaseId, now: Instant) -> Result<Duration, StoreError> {
         match self.leases.get_mut(&lease) {
             Some(entry) if entry.deadline > now => {
                 entry.deadline = now + entry.ttl;
@@ -399,10 +315,7 @@ impl Keyspace {
 
     /// A lease whose deadline has passed at `now`, if any.
     pub(crate) fn due_lease(&self, now: Instant) -> Option<LeaseId> {
-        self.leases
-            .iter()
-            .find(|(_, lease)| lease.deadline <= now)
-            .map(|(id, _)| *id)
+        self.leases.iter().find(|(_, lease)| lease.deadline <= now).map(|(id, _)| *id)
     }
 
     /// The earliest lease deadline.
@@ -415,37 +328,21 @@ impl Keyspace {
     }
 
     fn changes_at_next_revision(&self, events: Vec<Event>) -> Changes {
-        Changes {
-            events,
-            revision: self.revision + 1,
-            ..Changes::default()
-        }
+        Changes { events, revision: self.revision + 1, ..Changes::default() }
     }
 
     /// Apply changes planned against this exact state.
     pub(crate) fn apply(&mut self, changes: Changes, now: Instant) {
-        let Changes {
-            events,
-            revision,
-            granted_lease,
-            removed_lease,
-        } = changes;
+        let Changes { events, revision, granted_lease, removed_lease } = changes;
         if !events.is_empty() {
-            debug_assert_eq!(
-                revision,
-                self.revision + 1,
-                "changes planned against another revision"
-            );
+            debug_assert_eq!(revision, self.revision + 1, "changes planned against another revision");
             for event in &events {
                 let (key, kv) = match event {
                     Event::Put(kv) => (kv.key.as_str(), Some(kv.clone())),
                     Event::Delete { key, .. } => (key.as_str(), None),
                 };
                 let history = self.keys.entry(key.to_owned()).or_default();
-                let old_lease = history
-                    .last()
-                    .and_then(|v| v.kv.as_ref())
-                    .and_then(|kv| kv.lease);
+                let old_lease = history.last().and_then(|v| v.kv.as_ref()).and_then(|kv| kv.lease);
                 let new_lease = kv.as_ref().and_then(|kv| kv.lease);
                 history.push(Version { revision, kv });
                 if old_lease != new_lease {
@@ -461,14 +358,7 @@ impl Keyspace {
             self.log.push_back(LoggedRevision { revision, events });
         }
         if let Some((id, ttl)) = granted_lease {
-            self.leases.insert(
-                id,
-                Lease {
-                    ttl,
-                    deadline: now + ttl,
-                    keys: BTreeSet::new(),
-                },
-            );
+            self.leases.insert(id, Lease { ttl, deadline: now + ttl, keys: BTreeSet::new() });
             self.next_lease = self.next_lease.max(id.0 + 1);
         }
         if let Some(id) = removed_lease {
@@ -479,10 +369,7 @@ impl Keyspace {
     /// Forget history before `revision`. At or below the compaction point: no-op.
     pub(crate) fn compact(&mut self, revision: Revision) -> Result<(), StoreError> {
         if revision > self.revision {
-            return Err(StoreError::FutureRevision {
-                requested: revision,
-                current: self.revision,
-            });
+            return Err(StoreError::FutureRevision { requested: revision, current: self.revision });
         }
         if revision <= self.compact_revision {
             return Ok(());
@@ -499,21 +386,14 @@ impl Keyspace {
             };
             let newer = history.partition_point(|version| version.revision <= revision);
             history.drain(..newer.saturating_sub(1));
-            if history
-                .first()
-                .is_some_and(|v| v.revision <= revision && v.kv.is_none())
-            {
+            if history.first().is_some_and(|v| v.revision <= revision && v.kv.is_none()) {
                 history.remove(0);
             }
             if history.is_empty() {
                 self.keys.remove(&key);
             }
         }
-        while self
-            .log
-            .front()
-            .is_some_and(|entry| entry.revision < revision)
-        {
+        while self.log.front().is_some_and(|entry| entry.revision < revision) {
             self.log.pop_front();
         }
         self.compact_revision = revision;
@@ -523,25 +403,15 @@ impl Keyspace {
     /// Up to `limit` revisions of changes under `prefix` from `from` on.
     pub(crate) fn read_log(&self, prefix: &str, from: Revision, limit: usize) -> LogRead {
         if from < self.compact_revision {
-            return LogRead::Compacted {
-                compact_revision: self.compact_revision,
-            };
+            return LogRead::Compacted { compact_revision: self.compact_revision };
         }
         let start = self.log.partition_point(|entry| entry.revision < from);
         let mut next = from;
         let mut batches = Vec::new();
         for entry in self.log.range(start..).take(limit) {
-            let events: Vec<Event> = entry
-                .events
-                .iter()
-                .filter(|e| e.key().starts_with(prefix))
-                .cloned()
-                .collect();
+            let events: Vec<Event> = entry.events.iter().filter(|e| e.key().starts_with(prefix)).cloned().collect();
             if !events.is_empty() {
-                batches.push(WatchBatch {
-                    revision: entry.revision,
-                    events,
-                });
+                batches.push(WatchBatch { revision: entry.revision, events });
             }
             next = entry.revision + 1;
         }
@@ -549,11 +419,7 @@ impl Keyspace {
         if caught_up {
             next = next.max(self.revision + 1);
         }
-        LogRead::Batches {
-            batches,
-            next,
-            caught_up,
-        }
+        LogRead::Batches { batches, next, caught_up }
     }
 
     /// How many versions and log entries are held, for tests of compaction.
@@ -565,33 +431,19 @@ impl Keyspace {
 
 fn check_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty() {
-        return Err(StoreError::Invalid(
-            "the empty key cannot be stored".to_owned(),
-        ));
+        return Err(StoreError::Invalid("the empty key cannot be stored".to_owned()));
     }
     Ok(())
 }
 
-fn check_condition(
-    key: &str,
-    condition: Condition,
-    current: Option<&KeyValue>,
-) -> Result<(), StoreError> {
+fn check_condition(key: &str, condition: Condition, current: Option<&KeyValue>) -> Result<(), StoreError> {
     let found = current.map(|kv| kv.mod_revision);
     let holds = match condition {
         Condition::None => true,
         Condition::Absent => found.is_none(),
         Condition::ModRevision(expected) => found == Some(expected),
     };
-    if holds {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict {
-            key: key.to_owned(),
-            expected: condition,
-            found,
-        })
-    }
+    if holds { Ok(()) } else { Err(StoreError::Conflict { key: key.to_owned(), expected: condition, found }) }
 }
 
 /// The key's value after a put at `revision`.
@@ -617,18 +469,13 @@ mod tests {
     use super::*;
 
     fn put(keyspace: &mut Keyspace, key: &str, value: &str) -> Revision {
-        let changes = keyspace
-            .plan_put(key, Bytes::from(value.to_owned()), PutOptions::default())
-            .expect("put");
+        let changes = keyspace.plan_put(key, Bytes::from(value.to_owned()), PutOptions::default()).expect("put");
         keyspace.apply(changes, Instant::now());
         keyspace.revision()
     }
 
     fn delete(keyspace: &mut Keyspace, key: &str) {
-        let changes = keyspace
-            .plan_delete(key, Condition::None)
-            .expect("delete")
-            .expect("key exists");
+        let changes = keyspace.plan_delete(key, Condition::None).expect("delete").expect("key exists");
         keyspace.apply(changes, Instant::now());
     }
 
@@ -643,18 +490,13 @@ mod tests {
     }
 
     fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn planning_changes_nothing_until_applied() {
         let mut keyspace = Keyspace::new();
-        let changes = keyspace
-            .plan_put("/a", Bytes::from_static(b"1"), PutOptions::default())
-            .unwrap();
+        let changes = keyspace.plan_put("/a", Bytes::from_static(b"1"), PutOptions::default()).unwrap();
         assert_eq!(keyspace.revision(), 1);
         assert_eq!(keyspace.get("/a"), None);
         keyspace.apply(changes, Instant::now());
@@ -671,43 +513,21 @@ mod tests {
         delete(&mut keyspace, "/b"); // 5
         put(&mut keyspace, "/a", "3"); // 6
         put(&mut keyspace, "/c", "1"); // 7
-        assert_eq!(
-            keyspace.held(),
-            (6, 6),
-            "versions and log entries before compaction"
-        );
+        assert_eq!(keyspace.held(), (6, 6), "versions and log entries before compaction");
 
         keyspace.compact(5).unwrap();
         // /a keeps "2" (its state at 5) and "3"; /b's tombstone at 5 goes; /c stays.
-        assert_eq!(
-            keyspace.held(),
-            (3, 3),
-            "versions and log entries after compact(5)"
-        );
+        assert_eq!(keyspace.held(), (3, 3), "versions and log entries after compact(5)");
         assert_eq!(keyspace.compact_revision(), 5);
         assert_eq!(keys_at(&keyspace, 5), pairs(&[("/a", "2")]));
         assert_eq!(keys_at(&keyspace, 7), pairs(&[("/a", "3"), ("/c", "1")]));
-        assert!(matches!(
-            keyspace.list("", Some(4)),
-            Err(StoreError::Compacted {
-                requested: 4,
-                compact_revision: 5
-            })
-        ));
+        assert!(matches!(keyspace.list("", Some(4)), Err(StoreError::Compacted { requested: 4, compact_revision: 5 })));
         // The compaction revision's own changes stay watchable.
         let LogRead::Batches { batches, .. } = keyspace.read_log("", 5, 10) else {
             panic!("watch from the compaction point must not be compacted")
         };
-        assert_eq!(
-            batches.iter().map(|b| b.revision).collect::<Vec<_>>(),
-            vec![5, 6, 7]
-        );
-        assert_eq!(
-            keyspace.read_log("", 4, 10),
-            LogRead::Compacted {
-                compact_revision: 5
-            }
-        );
+        assert_eq!(batches.iter().map(|b| b.revision).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert_eq!(keyspace.read_log("", 4, 10), LogRead::Compacted { compact_revision: 5 });
 
         keyspace.compact(7).unwrap();
         assert_eq!(keyspace.held(), (2, 1));
@@ -724,58 +544,27 @@ mod tests {
             put(&mut keyspace, "/hot", &i.to_string());
         }
         keyspace.compact(keyspace.revision()).unwrap();
-        assert_eq!(
-            keyspace.held(),
-            (101, 1),
-            "one version per key and the last log entry"
-        );
+        assert_eq!(keyspace.held(), (101, 1), "one version per key and the last log entry");
     }
 
     #[test]
     fn read_log_pages_and_filters_by_prefix() {
         let mut keyspace = Keyspace::new();
         for i in 0..10 {
-            put(
-                &mut keyspace,
-                if i % 2 == 0 { "/in/k" } else { "/out/k" },
-                &i.to_string(),
-            );
+            put(&mut keyspace, if i % 2 == 0 { "/in/k" } else { "/out/k" }, &i.to_string());
         }
-        let LogRead::Batches {
-            batches,
-            next,
-            caught_up,
-        } = keyspace.read_log("/in/", 1, 4)
-        else {
+        let LogRead::Batches { batches, next, caught_up } = keyspace.read_log("/in/", 1, 4) else {
             panic!("not compacted")
         };
-        assert_eq!(
-            batches.iter().map(|b| b.revision).collect::<Vec<_>>(),
-            vec![2, 4]
-        );
+        assert_eq!(batches.iter().map(|b| b.revision).collect::<Vec<_>>(), vec![2, 4]);
         assert_eq!((next, caught_up), (6, false));
-        let LogRead::Batches {
-            batches,
-            next,
-            caught_up,
-        } = keyspace.read_log("/in/", next, 100)
-        else {
+        let LogRead::Batches { batches, next, caught_up } = keyspace.read_log("/in/", next, 100) else {
             panic!("not compacted")
         };
-        assert_eq!(
-            batches.iter().map(|b| b.revision).collect::<Vec<_>>(),
-            vec![6, 8, 10]
-        );
+        assert_eq!(batches.iter().map(|b| b.revision).collect::<Vec<_>>(), vec![6, 8, 10]);
         assert_eq!((next, caught_up), (12, true));
         // A watcher ahead of the store keeps its position.
-        assert_eq!(
-            keyspace.read_log("", 20, 100),
-            LogRead::Batches {
-                batches: vec![],
-                next: 20,
-                caught_up: true
-            }
-        );
+        assert_eq!(keyspace.read_log("", 20, 100), LogRead::Batches { batches: vec![], next: 20, caught_up: true });
     }
 
     #[test]
@@ -785,47 +574,22 @@ mod tests {
         let grant = keyspace.plan_grant(Duration::from_secs(10)).unwrap();
         let (lease, _) = grant.granted_lease.unwrap();
         keyspace.apply(grant, start);
-        let put = keyspace
-            .plan_put(
-                "/l",
-                Bytes::new(),
-                PutOptions {
-                    lease: Some(lease),
-                    ..PutOptions::default()
-                },
-            )
-            .unwrap();
+        let put =
+            keyspace.plan_put("/l", Bytes::new(), PutOptions { lease: Some(lease), ..PutOptions::default() }).unwrap();
         keyspace.apply(put, start);
 
         assert_eq!(keyspace.due_lease(start + Duration::from_secs(9)), None);
-        assert_eq!(
-            keyspace
-                .keep_alive(lease, start + Duration::from_secs(9))
-                .unwrap(),
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            keyspace.next_deadline(),
-            Some(start + Duration::from_secs(19))
-        );
+        assert_eq!(keyspace.keep_alive(lease, start + Duration::from_secs(9)).unwrap(), Duration::from_secs(10));
+        assert_eq!(keyspace.next_deadline(), Some(start + Duration::from_secs(19)));
         assert_eq!(keyspace.due_lease(start + Duration::from_secs(18)), None);
-        assert_eq!(
-            keyspace.due_lease(start + Duration::from_secs(19)),
-            Some(lease)
-        );
+        assert_eq!(keyspace.due_lease(start + Duration::from_secs(19)), Some(lease));
         assert!(matches!(
             keyspace.keep_alive(lease, start + Duration::from_secs(19)),
             Err(StoreError::LeaseNotFound(id)) if id == lease
         ));
 
         let expiry = keyspace.plan_revoke(lease).unwrap();
-        assert_eq!(
-            expiry.events,
-            vec![Event::Delete {
-                key: "/l".into(),
-                revision: 3
-            }]
-        );
+        assert_eq!(expiry.events, vec![Event::Delete { key: "/l".into(), revision: 3 }]);
         keyspace.apply(expiry, start + Duration::from_secs(19));
         assert!(!keyspace.has_leases());
         assert_eq!(keyspace.get("/l"), None);
@@ -838,20 +602,14 @@ mod tests {
         let grant = keyspace.plan_grant(Duration::from_secs(1)).unwrap();
         let (lease, _) = grant.granted_lease.unwrap();
         keyspace.apply(grant, now);
-        let leased = PutOptions {
-            lease: Some(lease),
-            ..PutOptions::default()
-        };
+        let leased = PutOptions { lease: Some(lease), ..PutOptions::default() };
         for key in ["/a", "/b"] {
             let put = keyspace.plan_put(key, Bytes::new(), leased).unwrap();
             keyspace.apply(put, now);
         }
         put(&mut keyspace, "/b", "free");
         let revoke = keyspace.plan_revoke(lease).unwrap();
-        assert_eq!(
-            revoke.events.iter().map(Event::key).collect::<Vec<_>>(),
-            vec!["/a"]
-        );
+        assert_eq!(revoke.events.iter().map(Event::key).collect::<Vec<_>>(), vec!["/a"]);
     }
 
     #[test]
@@ -883,13 +641,7 @@ mod tests {
         assert_eq!(next, 10);
         assert_eq!(
             batches[0].events,
-            vec![
-                Event::Delete {
-                    key: "/gone".into(),
-                    revision: 9
-                },
-                Event::Put(kv("/new", 9, 9, 1))
-            ]
+            vec![Event::Delete { key: "/gone".into(), revision: 9 }, Event::Put(kv("/new", 9, 9, 1))]
         );
         assert_eq!(restored.next_deadline(), Some(now + Duration::from_secs(5)));
 
@@ -907,10 +659,7 @@ mod tests {
         let orphan = Keyspace::restore(
             Restored {
                 revision: 3,
-                kvs: vec![KeyValue {
-                    lease: Some(LeaseId(7)),
-                    ..kv("/orphan", 2, 2, 1)
-                }],
+                kvs: vec![KeyValue { lease: Some(LeaseId(7)), ..kv("/orphan", 2, 2, 1) }],
                 deleted_at_revision: vec![],
                 leases: vec![],
                 next_lease: 1,

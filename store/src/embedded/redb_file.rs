@@ -37,8 +37,7 @@ type StoredKey = (i64, i64, i64, Option<i64>, &'static [u8]);
 const META: TableDefinition<'_, &str, i64> = TableDefinition::new("meta");
 const KEYS: TableDefinition<'_, &str, StoredKey> = TableDefinition::new("keys");
 const LEASES: TableDefinition<'_, i64, (u64, u32)> = TableDefinition::new("leases");
-const DELETED_AT_REVISION: TableDefinition<'_, &str, ()> =
-    TableDefinition::new("deleted_at_revision");
+const DELETED_AT_REVISION: TableDefinition<'_, &str, ()> = TableDefinition::new("deleted_at_revision");
 
 /// redb's page cache; every read after open is served from memory anyway.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -50,17 +49,14 @@ pub(crate) struct RedbFile {
 
 impl std::fmt::Debug for RedbFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbFile")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("RedbFile").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
 impl RedbFile {
     /// Open (or create) the database in `dir` and read everything it holds.
     pub(crate) fn open(dir: &Path) -> Result<(RedbFile, Restored), StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| corrupt(dir, format!("cannot create directory: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| corrupt(dir, format!("cannot create directory: {e}")))?;
         let path = dir.join(FILE_NAME);
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
@@ -88,15 +84,11 @@ impl RedbFile {
             let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
             let keys = txn.open_table(KEYS).map_err(|e| e.to_string())?;
             let leases = txn.open_table(LEASES).map_err(|e| e.to_string())?;
-            let deleted = txn
-                .open_table(DELETED_AT_REVISION)
-                .map_err(|e| e.to_string())?;
+            let deleted = txn.open_table(DELETED_AT_REVISION).map_err(|e| e.to_string())?;
             match read_meta(&meta, "format")? {
                 Some(FORMAT) => {}
                 Some(other) => {
-                    return Err(format!(
-                        "layout format {other} is not the format {FORMAT} this meshplane reads"
-                    ));
+                    return Err(format!("layout format {other} is not the format {FORMAT} this meshplane reads"));
                 }
                 None if keys.is_empty().map_err(|e| e.to_string())? => {
                     meta.insert("format", FORMAT).map_err(|e| e.to_string())?;
@@ -106,8 +98,7 @@ impl RedbFile {
                 None => return Err("keys are stored but the layout format is missing".to_owned()),
             }
             let revision = read_meta(&meta, "revision")?.ok_or("the revision is missing")?;
-            let next_lease =
-                read_meta(&meta, "next_lease")?.ok_or("the next lease id is missing")?;
+            let next_lease = read_meta(&meta, "next_lease")?.ok_or("the next lease id is missing")?;
             let mut kvs = Vec::new();
             for entry in keys.iter().map_err(|e| e.to_string())? {
                 let (key, value) = entry.map_err(|e| e.to_string())?;
@@ -132,13 +123,7 @@ impl RedbFile {
                 let (key, _) = entry.map_err(|e| e.to_string())?;
                 deleted_at_revision.push(key.value().to_owned());
             }
-            Restored {
-                revision,
-                kvs,
-                deleted_at_revision,
-                leases: granted,
-                next_lease,
-            }
+            Restored { revision, kvs, deleted_at_revision, leases: granted, next_lease }
         };
         txn.commit().map_err(|e| e.to_string())?;
         Ok(restored)
@@ -147,10 +132,7 @@ impl RedbFile {
     /// Persist planned changes in one durable transaction.
     pub(crate) fn write(&self, changes: &Changes) -> Result<(), StoreError> {
         self.try_write(changes).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "writing {}: {e}; check free space and permissions",
-                self.path.display()
-            ))
+            StoreError::Unavailable(format!("writing {}: {e}; check free space and permissions", self.path.display()))
         })
     }
 
@@ -196,21 +178,12 @@ impl RedbFile {
     }
 }
 
-fn read_meta(
-    meta: &impl ReadableTable<&'static str, i64>,
-    name: &str,
-) -> Result<Option<i64>, String> {
-    Ok(meta
-        .get(name)
-        .map_err(|e| e.to_string())?
-        .map(|v| v.value()))
+fn read_meta(meta: &impl ReadableTable<&'static str, i64>, name: &str) -> Result<Option<i64>, String> {
+    Ok(meta.get(name).map_err(|e| e.to_string())?.map(|v| v.value()))
 }
 
 fn corrupt(path: &Path, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        path: path.display().to_string(),
-        detail: detail.to_string(),
-    }
+    StoreError::Corrupt { path: path.display().to_string(), detail: detail.to_string() }
 }
 
 #[cfg(test)]
@@ -223,16 +196,11 @@ mod tests {
         {
             let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert("format", FORMAT + 1)
-                .unwrap();
+            txn.open_table(META).unwrap().insert("format", FORMAT + 1).unwrap();
             txn.commit().unwrap();
         }
         let err = RedbFile::open(dir.path()).unwrap_err();
-        let StoreError::Corrupt { path, detail } = &err else {
-            panic!("expected Corrupt, got {err:?}")
-        };
+        let StoreError::Corrupt { path, detail } = &err else { panic!("expected Corrupt, got {err:?}") };
         assert!(path.ends_with(FILE_NAME), "{path}");
         assert!(detail.contains("format 2"), "{detail}");
     }
