@@ -206,6 +206,14 @@ impl DeltaStream {
         std::mem::take(&mut self.events)
     }
 
+    /// Whether a cluster the proxy holds still waits for its endpoints.
+    fn endpoints_pending(&self, view: &ProxyView) -> bool {
+        let Some(clusters) = self.types.get(&ResourceType::Cluster) else {
+            return false;
+        };
+        self.endpoints_owed.iter().any(|n| view.endpoints.contains_key(n) && clusters.held.contains_key(n))
+    }
+
     /// Produce every response that is due, in push order.
     fn pump(&mut self) {
         let Some(view) = self.view.clone() else {
@@ -224,6 +232,10 @@ impl DeltaStream {
         let mut clusters_queued = false;
 
         for ty in ResourceType::ALL {
+            // Routes may point at a new cluster only once it can be warm: its
+            // endpoints must be on the wire first. Envoy subscribes to them only
+            // after applying the cluster, so stream order alone does not do it.
+            let warming = matches!(ty, ResourceType::Listener | ResourceType::Route) && self.endpoints_pending(&view);
             let Some(st) = self.types.get_mut(&ty) else {
                 continue;
             };
@@ -233,7 +245,11 @@ impl DeltaStream {
             match ty {
                 ResourceType::Cluster if !routing_settled => plan.remove.clear(),
                 ResourceType::Endpoint => plan.remove.retain(|n| !clusters_kept.contains(n)),
-                ResourceType::Listener | ResourceType::Route if clusters_queued => continue,
+                // Only updates wait: on a first fetch Envoy itself holds
+                // listeners until its clusters are warm.
+                ResourceType::Listener | ResourceType::Route if clusters_queued || (warming && !st.held.is_empty()) => {
+                    continue;
+                }
                 _ => {}
             }
             if st.in_flight.is_some() {

@@ -217,6 +217,19 @@ impl SotwStream {
         std::mem::take(&mut self.events)
     }
 
+    /// Whether a cluster sent to the proxy still waits for its endpoints.
+    fn endpoints_pending(&self, view: &ProxyView) -> bool {
+        let last = |ty| self.types.get(&ty).and_then(|st| st.in_flight.as_ref().map(|(_, s)| s).or(st.acked.as_ref()));
+        let Some(clusters) = last(ResourceType::Cluster) else {
+            return false;
+        };
+        let endpoints = last(ResourceType::Endpoint);
+        clusters
+            .resources
+            .keys()
+            .any(|n| view.endpoints.contains_key(n) && !endpoints.is_some_and(|e| e.resources.contains_key(n)))
+    }
+
     fn pump(&mut self) {
         let Some(view) = self.view.clone() else {
             return;
@@ -227,6 +240,9 @@ impl SotwStream {
         let mut clusters_queued = false;
 
         for ty in ResourceType::ALL {
+            // Routes may point at a new cluster only once its endpoints are on
+            // the wire (the proxy asks for them only after applying the cluster).
+            let warming = matches!(ty, ResourceType::Listener | ResourceType::Route) && self.endpoints_pending(&view);
             let Some(st) = self.types.get_mut(&ty) else {
                 continue;
             };
@@ -247,7 +263,10 @@ impl SotwStream {
             let rejected = st.nacked_version.as_deref() == Some(version.as_str());
             let owed = st.answer_owed || (ty == ResourceType::Endpoint && self.endpoints_owed);
 
-            if matches!(ty, ResourceType::Listener | ResourceType::Route) && clusters_queued {
+            // Only updates wait for warming: on a first fetch the proxy itself
+            // holds listeners until its clusters are warm.
+            let update = st.acked.is_some() || st.in_flight.is_some();
+            if matches!(ty, ResourceType::Listener | ResourceType::Route) && (clusters_queued || (warming && update)) {
                 continue;
             }
             if st.in_flight.is_some() {

@@ -336,8 +336,12 @@ fn reconnect_sends_only_what_differs() {
     ]));
     assert_eq!(summary(&[cds]), vec![("cds", s(&["c2", "c3"]), s(&["gone"]))]);
 
-    // Everything up to date: no EDS response at all...
-    assert!(p.send(req(EDS).sub(&["c1"]).initial(&[("c1", &version("endpoints one"))])).is_empty());
+    // Current endpoints are not resent, except those of the updated cluster
+    // c2 (Envoy warms an updated cluster until its endpoints arrive again)...
+    let eds = p.send_one(
+        req(EDS).sub(&["c1", "c2"]).initial(&[("c1", &version("endpoints one")), ("c2", &version("endpoints two"))]),
+    );
+    assert_eq!(sent(&eds), s(&["c2"]));
     // ...and a vanished named resource is removed.
     let rds = p.send_one(req(RDS).sub(&["r1", "r9"]).initial(&[("r1", &version("route one")), ("r9", "v")]));
     assert_eq!(summary(&[rds]), vec![("rds", vec![], s(&["r9"]))]);
@@ -464,4 +468,23 @@ fn nothing_is_sent_before_the_first_view() {
     assert!(stream.take_responses().is_empty());
     stream.set_view(mesh(1).build());
     assert_eq!(summary(&stream.take_responses()), vec![("cds", s(&["c1", "c2"]), vec![])]);
+}
+
+#[test]
+fn route_updates_wait_until_new_clusters_can_warm() {
+    // A route to a new cluster must not arrive before the cluster's endpoints:
+    // Envoy only asks for them after applying the cluster, and until they
+    // arrive the cluster is warming and requests routed to it fail (503 NC).
+    let mut p = synced_proxy();
+    let next =
+        mesh(2).with(CDS, "c3", "cluster three").with(EDS, "c3", "endpoints three").with(RDS, "r1", "route to c3");
+    let cds = p.push_one(next.build());
+    assert_eq!(summary(&[cds.clone()]), vec![("cds", s(&["c3"]), vec![])], "the route waits");
+    assert!(p.send(req(CDS).ack(&cds.nonce)).is_empty(), "still waiting for the endpoints subscription");
+    let responses = p.send(req(EDS).sub(&["c3"]));
+    assert_eq!(
+        summary(&responses),
+        vec![("eds", s(&["c3"]), vec![]), ("rds", s(&["r1"]), vec![])],
+        "endpoints first, then the route, on the same stream"
+    );
 }

@@ -305,3 +305,18 @@ fn unknown_and_malformed_requests() {
     assert!(matches!(c.events()[..], [StreamEvent::UnknownType { .. }]));
     assert_eq!(c.stream.handle_request(DiscoveryRequest::default()), Err(ProtocolError::MissingTypeUrl));
 }
+
+#[test]
+fn route_updates_wait_until_new_clusters_can_warm() {
+    let mut c = synced_envoy();
+    let next =
+        mesh(2).with(CDS, "c3", "cluster three").with(EDS, "c3", "endpoints three").with(RDS, "r1", "route to c3");
+    let cds = c.push_one(next.build());
+    assert_eq!(summary(&[cds.clone()]), vec![("cds", s(&["cluster one", "cluster two", "cluster three"]))]);
+    assert!(c.send(req(CDS, &[]).ack(&cds)).is_empty(), "the route waits for the new cluster's endpoints");
+    let responses = c.send(req(EDS, &["c1", "c2", "c3"]));
+    assert_eq!(
+        summary(&responses),
+        vec![("eds", s(&["endpoints one", "endpoints two", "endpoints three"])), ("rds", s(&["route to c3"]))]
+    );
+}
