@@ -19,6 +19,9 @@ pub mod listeners;
 pub mod routes;
 pub mod scope;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -236,6 +239,7 @@ impl Generator<'_> {
             proxy_namespace: &self.class.namespace,
             proxy_labels: &self.class.labels,
             port,
+            proxyless_grpc: self.class.grpc,
         }
     }
 
@@ -243,7 +247,7 @@ impl Generator<'_> {
     fn service_routes(&mut self, service: &ServiceModel, port: u16, vss: &[&Arc<VirtualService>]) -> Vec<Route> {
         let routes = virtual_service_for(vss, &service.hostname)
             .and_then(|vs| routes::virtual_service_routes(vs, &self.route_context(port)))
-            .unwrap_or_else(|| vec![routes::default_route(outbound_cluster_name(port, "", &service.hostname))]);
+            .unwrap_or_else(|| vec![routes::default_route(outbound_cluster_name(port, "", &service.hostname), self.class.grpc)]);
         self.want_routed(&routes);
         routes
     }
@@ -333,6 +337,8 @@ impl Generator<'_> {
                 name: format!("{}:{port}", service.hostname),
                 domains,
                 routes,
+                // requests carry x-envoy-attempt-count.
+                include_request_attempt_count: true,
                 ..Default::default()
             });
         }

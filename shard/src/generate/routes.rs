@@ -40,34 +40,49 @@ pub struct RouteContext<'a> {
     pub proxy_labels: &'a BTreeMap<String, String>,
     /// The listener (service) port the routes are for.
     pub port: u16,
+    /// The caller is a proxyless gRPC client.
+    pub proxyless_grpc: bool,
 }
 
 /// Istio's default outbound route for a service port: everything to the
 /// un-subsetted cluster, no timeout, default retries.
-pub fn default_route(cluster: String) -> Route {
+pub fn default_route(cluster: String, proxyless_grpc: bool) -> Route {
     Route {
         name: "default".into(),
         r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), ..Default::default() }),
         action: Some(route::route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
-            ..route_action_defaults()
+            ..route_action_defaults(proxyless_grpc)
         })),
         ..Default::default()
     }
 }
 
 /// Route action fields every outbound route carries: timeout disabled,
-/// gRPC timeout header honoured without a cap, default retries unless told.
-fn route_action_defaults() -> RouteAction {
-    RouteAction {
-        timeout: Some(duration(Duration::ZERO)),
-        retry_policy: Some(default_retry_policy()),
-        max_stream_duration: Some(route_action::MaxStreamDuration {
+/// default retries unless told.
+fn route_action_defaults(grpc: bool) -> RouteAction {
+    let mut action = RouteAction { retry_policy: Some(default_retry_policy()), ..Default::default() };
+    set_timeout(&mut action, Duration::ZERO, grpc);
+    action
+}
+
+/// A route timeout (zero disables it), as Istio sets it: Envoy ignores
+/// `timeout` once `max_stream_duration` is present, so the stream duration is
+/// set only to disable timeouts (also lifting the cap on gRPC's
+/// `grpc-timeout` header). Proxyless gRPC reads only `max_stream_duration`.
+fn set_timeout(action: &mut RouteAction, timeout: Duration, grpc: bool) {
+    action.timeout = Some(duration(timeout));
+    action.max_stream_duration = if grpc {
+        Some(route_action::MaxStreamDuration { max_stream_duration: Some(duration(timeout)), ..Default::default() })
+    } else if timeout.is_zero() {
+        Some(route_action::MaxStreamDuration {
+            max_stream_duration: Some(duration(Duration::ZERO)),
             grpc_timeout_header_max: Some(duration(Duration::ZERO)),
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        })
+    } else {
+        None
+    };
 }
 
 pub fn default_retry_policy() -> RetryPolicy {
@@ -187,10 +202,10 @@ fn build_route(http: &HttpRoute, m: Option<&HttpMatchRequest>, ns: &str, ctx: &R
             Some(r) if r.attempts == 0 => None,
             Some(r) => Some(translate_retries(r)),
         },
-        ..route_action_defaults()
+        ..route_action_defaults(ctx.proxyless_grpc)
     };
     if let Some(t) = http.timeout.as_deref().and_then(|t| parse_duration(t).ok()) {
-        action.timeout = Some(duration(t));
+        set_timeout(&mut action, t, ctx.proxyless_grpc);
     }
     if let Some(rw) = &http.rewrite {
         if let Some(uri) = &rw.uri {
@@ -407,19 +422,16 @@ pub fn inbound_route(cluster: String, grpc: bool) -> Route {
         num_retries: Some(UInt32Value { value: 2 }),
         ..Default::default()
     });
+    let mut action = RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
+        retry_policy: retry,
+        ..Default::default()
+    };
+    set_timeout(&mut action, Duration::ZERO, false);
     Route {
         name: "default".into(),
         r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), ..Default::default() }),
-        action: Some(route::route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
-            timeout: Some(duration(Duration::ZERO)),
-            retry_policy: retry,
-            max_stream_duration: Some(route_action::MaxStreamDuration {
-                grpc_timeout_header_max: Some(duration(Duration::ZERO)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
+        action: Some(route::route::Action::Route(action)),
         ..Default::default()
     }
 }
