@@ -91,10 +91,29 @@ async fn connections(State(state): State<AdminState>) -> Json<serde_json::Value>
 /// The directory source's state: files, objects and every current diagnostic.
 async fn configz(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let status = state.directory.borrow().clone();
+    let summary = &status.summary;
+    let files: Vec<_> = summary
+        .file_summaries
+        .iter()
+        .map(|f| {
+            json!({
+                "path": f.path,
+                "state": format!("{:?}", f.state),
+                "objects": f.objects,
+                "errors": f.errors,
+                "warnings": f.warnings,
+            })
+        })
+        .collect();
     Json(json!({
         "ready": status.ready,
+        "watching": status.watching,
         "last_revision": status.last_revision,
         "store_error": status.store_error,
-        "summary": format!("{:?}", status.summary),
+        "objects": summary.objects,
+        "files_with_errors": summary.files_with_errors,
+        "conflicts": summary.conflicts,
+        "files": files,
+        "diagnostics": summary.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
     }))
 }
