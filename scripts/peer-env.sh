@@ -9,7 +9,12 @@
 #   MESHPLANE_ETCD         the etcd 3.5 server binary (MESHPLANE_ETCDCTL: etcdctl)
 #   PROTOC                 protoc, for crates that compile .proto files
 #   MESHPLANE_CACHE        the cache root (default $HOME/.cache/meshplane)
-#   CARGO_TARGET_DIR       default $MESHPLANE_CACHE/cargo-target (kept if already set)
+#   CARGO_BUILD_BUILD_DIR  cargo's intermediate artifacts, shared by every checkout:
+#                          $MESHPLANE_CACHE/cargo-build (kept if already set). Final
+#                          binaries stay in each checkout's own target/: a target
+#                          dir shared by two checkouts can hand one checkout's tests
+#                          the other's `meshplane` binary (cargo re-links it into
+#                          target/debug only when it rebuilds).
 #
 # It does not change the caller's shell options (no `set -e` leaks into an
 # interactive shell); on failure it returns non-zero.
@@ -28,7 +33,7 @@ _meshplane_peer_env() {
 		return 1
 	}
 	eval "$out" || return 1
-	export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MESHPLANE_CACHE/cargo-target}"
+	export CARGO_BUILD_BUILD_DIR="${CARGO_BUILD_BUILD_DIR:-$MESHPLANE_CACHE/cargo-build}"
 }
 _meshplane_peer_env_rc=0
 _meshplane_peer_env || _meshplane_peer_env_rc=$?

@@ -7,7 +7,7 @@
 #
 # Usage: scripts/test.sh [extra cargo test args, e.g. --test harness_smoke]
 # Env:   MESHPLANE_CACHE   cache root (default $HOME/.cache/meshplane)
-#        CARGO_TARGET_DIR  default $MESHPLANE_CACHE/cargo-target
+#        CARGO_BUILD_BUILD_DIR  default $MESHPLANE_CACHE/cargo-build (shared, see peer-env.sh)
 #        MESHPLANE_SKIP_LINT=1  skip steps 2 and 3 (local iteration only)
 set -euo pipefail
 
@@ -41,7 +41,7 @@ echo "MESHPLANE_ENVOY=$MESHPLANE_ENVOY"
 echo "MESHPLANE_PYTHON_GRPC=$MESHPLANE_PYTHON_GRPC"
 echo "MESHPLANE_ETCD=$MESHPLANE_ETCD"
 echo "PROTOC=$PROTOC"
-echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+echo "CARGO_BUILD_BUILD_DIR=$CARGO_BUILD_BUILD_DIR"
 cargo --version
 rustc --version
 
