@@ -31,22 +31,26 @@ pub const BLACKHOLE: &str = "BlackHoleCluster";
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
 
-/// The traffic policy for one port of one subset (DR-05): a subset policy
-/// overrides the rule's; a port-level policy replaces the whole policy for
-/// that port, inheriting nothing.
+/// The load balancer for one port of one subset (DR-05), merged as Istio
+/// merges traffic policies: a port-level setting replaces the whole policy it
+/// belongs to on that port, inheriting nothing; a subset's policy then
+/// overrides the rule's (port-resolved) policy field by field, or outright
+/// when the subset has a setting for the port.
 pub fn policy_for(rule: Option<&EffectiveRule>, subset: Option<&str>, port: u16) -> Option<LoadBalancerSettings> {
     let rule = rule?;
-    let for_port = |tp: &TrafficPolicy| -> Option<Option<LoadBalancerSettings>> {
-        tp.port_level_settings
-            .iter()
-            .find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)))
-            .map(|p| p.load_balancer.clone())
+    // The load balancer a policy sets on `port`, and whether a port-level setting decided it.
+    let on_port = |tp: &TrafficPolicy| -> (Option<LoadBalancerSettings>, bool) {
+        match tp.port_level_settings.iter().find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port))) {
+            Some(p) => (p.load_balancer.clone(), true),
+            None => (tp.load_balancer.clone(), false),
+        }
     };
-    let resolve = |tp: &TrafficPolicy| for_port(tp).unwrap_or_else(|| tp.load_balancer.clone());
-    if let Some(tp) = subset.and_then(|s| rule.subset(s)).and_then(|s| s.traffic_policy.as_ref()) {
-        return resolve(tp);
+    let from_rule = || rule.traffic_policy.as_ref().and_then(|tp| on_port(tp).0);
+    match subset.and_then(|s| rule.subset(s)).and_then(|s| s.traffic_policy.as_ref()).map(on_port) {
+        Some((lb, true)) => lb,
+        Some((Some(lb), false)) => Some(lb),
+        _ => from_rule(),
     }
-    rule.traffic_policy.as_ref().and_then(resolve)
 }
 
 fn lb_policy(lb: Option<&LoadBalancerSettings>) -> LbPolicy {
