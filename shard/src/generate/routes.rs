@@ -192,7 +192,7 @@ fn build_route(http: &HttpRoute, m: Option<&HttpMatchRequest>, ns: &str, ctx: &R
         apply_header_operations(&mut envoy_route, headers, &mut authority);
     }
     if let Some(redirect) = &http.redirect {
-        envoy_route.action = Some(route::route::Action::Redirect(translate_redirect(redirect)));
+        envoy_route.action = Some(route::route::Action::Redirect(translate_redirect(redirect, ctx.port)));
         return envoy_route;
     }
 
@@ -356,7 +356,9 @@ fn regex(pattern: &str) -> RegexMatcher {
     RegexMatcher { regex: pattern.to_string(), ..Default::default() }
 }
 
-fn translate_redirect(r: &meshplane_model::networking::HttpRedirect) -> RedirectAction {
+/// Envoy cannot take the redirect port from the request, but routes are
+/// built per listener port, so `derivePort: FROM_REQUEST_PORT` is that port.
+fn translate_redirect(r: &meshplane_model::networking::HttpRedirect, listener_port: u16) -> RedirectAction {
     use redirect_action::RedirectResponseCode as Code;
     let code = match r.redirect_code.unwrap_or(301) {
         302 => Code::Found,
@@ -367,7 +369,11 @@ fn translate_redirect(r: &meshplane_model::networking::HttpRedirect) -> Redirect
     };
     RedirectAction {
         host_redirect: r.authority.clone().unwrap_or_default(),
-        port_redirect: r.port.unwrap_or(0),
+        port_redirect: match (r.port, r.derive_port.as_deref()) {
+            (Some(port), _) => port,
+            (None, Some("FROM_REQUEST_PORT")) => u32::from(listener_port),
+            (None, _) => 0,
+        },
         path_rewrite_specifier: r.uri.clone().map(redirect_action::PathRewriteSpecifier::PathRedirect),
         scheme_rewrite_specifier: r.scheme.clone().map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
         response_code: code as i32,
@@ -398,6 +404,9 @@ fn header_options(ops: &HeaderOperations, authority: &mut Option<String>) -> Vec
             if lower == ":authority" || lower == "host" {
                 authority.get_or_insert_with(|| value.clone());
                 continue;
+            }
+            if lower.starts_with(':') {
+                continue; // other pseudo-headers cannot be set (Envoy rejects them); Istio ignores them
             }
             out.push(HeaderValueOption {
                 header: Some(HeaderValue { key: key.clone(), value: value.clone(), ..Default::default() }),
