@@ -3,9 +3,10 @@
 //! ```text
 //! /meshplane/v1/clusters/{cluster}/{resource}/{namespace}/{name}
 //! /meshplane/v1/clusters/{cluster}/{resource}/_/{name}          (cluster-scoped kinds)
+//! /meshplane/v1/shards/{shard-id}                                (leased; value: ShardRecord JSON)
 //! ```
-//! Kubernetes names and namespaces cannot contain `/`, and cluster ids are
-//! checked to not contain it either, so keys parse unambiguously.
+//! Kubernetes names and namespaces cannot contain `/`, and cluster ids and
+//! shard ids are checked to not contain it either, so keys parse unambiguously.
 
 use std::fmt;
 
@@ -16,6 +17,8 @@ pub const ROOT: &str = "/meshplane/v1/";
 /// Prefix of all mesh objects of every cluster.
 pub const CLUSTERS_PREFIX: &str = "/meshplane/v1/clusters/";
 const CLUSTER_SCOPED: &str = "_";
+/// Prefix of the shard membership keys: one leased key per live shard.
+pub const SHARDS_PREFIX: &str = "/meshplane/v1/shards/";
 
 /// A mesh object's address in the store.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,9 +78,70 @@ pub fn valid_cluster_id(cluster: &str) -> bool {
     !cluster.is_empty() && !cluster.contains('/') && cluster != "." && cluster != ".."
 }
 
+/// The membership key of a shard: `/meshplane/v1/shards/{shard-id}`.
+pub fn shard_key(shard_id: &str) -> String {
+    format!("{SHARDS_PREFIX}{shard_id}")
+}
+
+/// The shard id of a membership key; `None` for other keys.
+pub fn shard_id_from_key(key: &str) -> Option<&str> {
+    key.strip_prefix(SHARDS_PREFIX).filter(|id| valid_shard_id(id))
+}
+
+/// Whether a shard id can be used in keys: non-empty, printable ASCII
+/// without `/` or spaces, at most 253 bytes (a hostname-pid fits).
+pub fn valid_shard_id(shard_id: &str) -> bool {
+    !shard_id.is_empty()
+        && shard_id.len() <= 253
+        && shard_id.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+        && shard_id != "."
+        && shard_id != ".."
+}
+
+/// The value of a shard's membership key: who it is, where the frontends
+/// reach its ADS server, and whether it is handing its proxies over.
+///
+/// ```json
+/// {"id": "shard-a", "addr": "127.0.0.1:15110", "draining": false}
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardRecord {
+    pub id: String,
+    /// `host:port` of the shard's plaintext ADS gRPC server.
+    pub addr: String,
+    /// Set during a graceful shutdown: frontends move the shard's proxies
+    /// away as if it had left, while it still serves them.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl ShardRecord {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a ShardRecord always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<ShardRecord, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_keys_round_trip_and_records_are_the_documented_json() {
+        assert_eq!(shard_key("shard-a"), "/meshplane/v1/shards/shard-a");
+        assert_eq!(shard_id_from_key(&shard_key("host-1234")), Some("host-1234"));
+        for key in ["/meshplane/v1/shards/", "/meshplane/v1/shards/a/b", "/meshplane/v1/clusters/c/x/y/z"] {
+            assert_eq!(shard_id_from_key(key), None, "{key}");
+        }
+        let record = ShardRecord { id: "shard-a".into(), addr: "127.0.0.1:15110".into(), draining: false };
+        let json: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
+        assert_eq!(json, serde_json::json!({"id": "shard-a", "addr": "127.0.0.1:15110", "draining": false}));
+        let parsed = ShardRecord::from_json(br#"{"id":"s","addr":"h:1"}"#).unwrap();
+        assert!(!parsed.draining);
+    }
 
     #[test]
     fn round_trips_namespaced_and_cluster_scoped_keys() {
