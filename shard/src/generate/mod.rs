@@ -89,6 +89,10 @@ pub(crate) fn ads_config_source() -> ConfigSource {
     }
 }
 
+/// The only port on which sidecars route VirtualService hosts that are not
+/// in the registry (VS-06).
+const NON_REGISTRY_HOST_PORT: u16 = 80;
+
 /// `outbound|PORT|SUBSET|FQDN`.
 pub fn outbound_cluster_name(port: u16, subset: &str, host: &str) -> String {
     format!("outbound|{port}|{subset}|{host}")
@@ -247,7 +251,9 @@ impl Generator<'_> {
     fn service_routes(&mut self, service: &ServiceModel, port: u16, vss: &[&Arc<VirtualService>]) -> Vec<Route> {
         let routes = virtual_service_for(vss, &service.hostname)
             .and_then(|vs| routes::virtual_service_routes(vs, &self.route_context(port)))
-            .unwrap_or_else(|| vec![routes::default_route(outbound_cluster_name(port, "", &service.hostname), self.class.grpc)]);
+            .unwrap_or_else(|| {
+                vec![routes::default_route(outbound_cluster_name(port, "", &service.hostname), self.class.grpc)]
+            });
         self.want_routed(&routes);
         routes
     }
@@ -273,6 +279,7 @@ impl Generator<'_> {
         for egress in &scope.egress {
             let services = scope.services(self.snapshot, egress);
             let vss = scope.virtual_services(self.snapshot, egress);
+            let outside = scope::hosts_outside_services(&vss, &services);
             for s in &services {
                 self.want_service(s);
             }
@@ -288,7 +295,7 @@ impl Generator<'_> {
                     None => on_port.iter().any(|s| s.port(port).is_some_and(|p| p.protocol.is_http())),
                 };
                 if http {
-                    self.http_listener(egress, port, &on_port, &vss);
+                    self.http_listener(egress, port, &on_port, &vss, &outside);
                 } else {
                     self.tcp_listeners(egress, port, &on_port, &vss);
                 }
@@ -314,18 +321,23 @@ impl Generator<'_> {
         }
     }
 
+    /// An outbound HTTP listener and its routes: a virtual host per service
+    /// on the port, then (on port 80 only, VS-06) one per VirtualService host
+    /// that names no imported service, then the catch-all.
     fn http_listener(
         &mut self,
         egress: &EgressScope,
         port: u16,
         services: &[&Arc<ServiceModel>],
         vss: &[&Arc<VirtualService>],
+        outside: &[(String, &Arc<VirtualService>)],
     ) {
         let (name, ip, bind_to_port, rds) = Self::egress_address(egress, port);
         if self.view.listeners.contains_key(name.as_str()) {
             return; // an earlier egress listener owns this address
         }
-        let mut used = HashSet::new();
+        // Envoy rejects a domain in two virtual hosts; the catch-all owns `*`.
+        let mut used = HashSet::from(["*".to_string()]);
         let mut virtual_hosts = Vec::new();
         for service in services {
             let domains: Vec<String> = self.domains(service).into_iter().filter(|d| used.insert(d.clone())).collect();
@@ -338,6 +350,20 @@ impl Generator<'_> {
                 domains,
                 routes,
                 // requests carry x-envoy-attempt-count.
+                include_request_attempt_count: true,
+                ..Default::default()
+            });
+        }
+        for (host, vs) in outside.iter().filter(|_| port == NON_REGISTRY_HOST_PORT) {
+            if !used.insert(host.clone()) {
+                continue;
+            }
+            let Some(routes) = routes::virtual_service_routes(vs, &self.route_context(port)) else { continue };
+            self.want_routed(&routes);
+            virtual_hosts.push(VirtualHost {
+                name: format!("{host}:{port}"),
+                domains: vec![host.clone()],
+                routes,
                 include_request_attempt_count: true,
                 ..Default::default()
             });

@@ -72,15 +72,31 @@ impl EgressScope {
 
     /// Whether `host` in `namespace` is imported, for a proxy in `proxy_ns`.
     pub fn imports(&self, namespace: &str, host: &str, proxy_ns: &str) -> bool {
+        self.hosts
+            .iter()
+            .any(|(ns, pattern)| namespace_selected(ns, namespace, proxy_ns) && host_matches(pattern, host))
+    }
+
+    /// Whether a VirtualService host declared in `namespace` is imported
+    /// (SC-01): the VS's own namespace must be selected, and either host
+    /// pattern may cover the other, so `*/known.default.svc.cluster.local`
+    /// imports a VS for `*.cluster.local`.
+    pub fn imports_virtual_service_host(&self, namespace: &str, vs_host: &str, proxy_ns: &str) -> bool {
         self.hosts.iter().any(|(ns, pattern)| {
-            let ns_ok = match ns.as_str() {
-                "*" => true,
-                "." => namespace == proxy_ns,
-                "~" => false,
-                other => other == namespace,
-            };
-            ns_ok && host_matches(pattern, host)
+            namespace_selected(ns, namespace, proxy_ns)
+                && (host_matches(pattern, vs_host) || host_matches(vs_host, pattern))
         })
+    }
+}
+
+/// Whether the namespace part of an egress host (`*`, `.`, `~` or a name)
+/// selects `namespace`, for a proxy in `proxy_ns`.
+fn namespace_selected(selector: &str, namespace: &str, proxy_ns: &str) -> bool {
+    match selector {
+        "*" => true,
+        "." => namespace == proxy_ns,
+        "~" => false,
+        other => other == namespace,
     }
 }
 
@@ -125,8 +141,9 @@ impl ProxyScope {
     }
 
     /// VirtualServices bound to sidecars (`mesh`), exported to this proxy's
-    /// namespace, and imported by the listener: a VS is imported if any of its
-    /// hosts is (SC-01), and then applies to all its hosts.
+    /// namespace, and imported by the listener through their own namespace:
+    /// a VS is imported if any of its hosts is (SC-01), and then applies to
+    /// all its hosts.
     pub fn virtual_services<'a>(
         &self,
         snapshot: &'a MeshSnapshot,
@@ -139,17 +156,33 @@ impl ProxyScope {
                 let ns = vs.metadata.namespace();
                 applies_to_mesh(&vs.spec.gateways)
                     && exported_to(&vs.spec.export_to, ns, &self.namespace)
-                    && vs.spec.hosts.iter().any(|h| {
-                        let host = resolve_host(h, ns);
-                        egress.imports(ns, &host, &self.namespace)
-                            || snapshot.services.iter().any(|s| {
-                                host_matches(&host, &s.hostname)
-                                    && egress.imports(&s.namespace, &s.hostname, &self.namespace)
-                            })
-                    })
+                    && vs
+                        .spec
+                        .hosts
+                        .iter()
+                        .any(|h| egress.imports_virtual_service_host(ns, &resolve_host(h, ns), &self.namespace))
             })
             .collect()
     }
+}
+
+/// The hosts of these VirtualServices (oldest first) that match none of the
+/// imported `services`, each with the first VS naming it: sidecars route
+/// them as literal domains (VS-04, VS-06, SC-01).
+pub fn hosts_outside_services<'a>(
+    vss: &[&'a Arc<VirtualService>],
+    services: &[&Arc<ServiceModel>],
+) -> Vec<(String, &'a Arc<VirtualService>)> {
+    let mut out: Vec<(String, &'a Arc<VirtualService>)> = Vec::new();
+    for vs in vss {
+        for h in &vs.spec.hosts {
+            let host = resolve_host(h, vs.metadata.namespace());
+            if !services.iter().any(|s| host_matches(&host, &s.hostname)) && !out.iter().any(|(o, _)| *o == host) {
+                out.push((host, vs));
+            }
+        }
+    }
+    out
 }
 
 /// A VS with no `gateways` applies to sidecars; otherwise only if it lists `mesh`.

@@ -196,3 +196,105 @@ fn capture_none_ingress_listener_sends_to_the_default_endpoint() {
     let assignment = inbound.load_assignment.expect("static endpoints");
     assert_eq!(endpoint_addresses(&assignment), ["127.0.0.1:18080"]);
 }
+
+/// Services `known`, `alt-known` (ports 80, 8080) and `wild`, `explicit`,
+/// `dest` in `default`, plus these documents; the client is in `default`.
+fn default_ns_view(extra: &[&str]) -> ProxyView {
+    let services = [
+        service("default", "known", "10.0.1.1", &[("http", 80), ("http-alt", 8080)]),
+        service("default", "alt-known", "10.0.1.2", &[("http", 80), ("http-alt", 8080)]),
+        service("default", "wild", "10.0.1.3", &[("http", 80)]),
+        service("default", "explicit", "10.0.1.4", &[("http", 80)]),
+        service("default", "dest", "10.0.1.5", &[("http", 80)]),
+    ];
+    let docs: Vec<&str> = services.iter().map(String::as_str).chain(extra.iter().copied()).collect();
+    config(&mesh(&docs), &sidecar_in("default"))
+}
+
+fn vs(ns: &str, name: &str, hosts: &str, dest: &str, created: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+         metadata: {{name: {name}, namespace: {ns}, creationTimestamp: \"{created}\"}}\n\
+         spec: {{hosts: {hosts}, http: [{{route: [{{destination: {{host: {dest}.default.svc.cluster.local}}}}]}}]}}"
+    )
+}
+
+/// Where a request for `host` on `port` goes: the first route's cluster.
+fn routed_to(view: &ProxyView, port: u16, host: &str) -> String {
+    let rc = route_config(view, &port.to_string());
+    cluster_of(&virtual_host_for(&rc, host).routes[0]).to_string()
+}
+
+#[test]
+fn sc01_a_vs_is_imported_through_its_own_namespace() {
+    let sidecar = sidecar_resource(
+        "default",
+        "default",
+        "{egress: [{hosts: [default/known.default.svc.cluster.local, default/alt-known.default.svc.cluster.local]}]}",
+    );
+    let explicit = vs("default", "explicit", "[known.default.svc.cluster.local]", "explicit", "2021-01-01T00:00:00Z");
+
+    // The wildcard VS lives in `default`, which the Sidecar imports from: it
+    // applies to alt-known even though the Sidecar names no wildcard.
+    let wild_here = vs("default", "wild", "[\"*.cluster.local\"]", "wild", "2020-01-01T00:00:00Z");
+    let view = default_ns_view(&[&sidecar, &explicit, &wild_here]);
+    assert_eq!(routed_to(&view, 80, "known"), "outbound|80||explicit.default.svc.cluster.local");
+    assert_eq!(routed_to(&view, 80, "alt-known"), "outbound|80||wild.default.svc.cluster.local");
+
+    // The same VS in a namespace the Sidecar does not import from is not used.
+    let wild_elsewhere = vs("not-default", "wild", "[\"*.cluster.local\"]", "wild", "2020-01-01T00:00:00Z");
+    let view = default_ns_view(&[&sidecar, &explicit, &wild_elsewhere]);
+    assert_eq!(routed_to(&view, 80, "known"), "outbound|80||explicit.default.svc.cluster.local");
+    assert_eq!(routed_to(&view, 80, "alt-known"), "outbound|80||alt-known.default.svc.cluster.local");
+}
+
+#[test]
+fn sc01_a_wildcard_vs_imported_by_an_exact_egress_host() {
+    let sidecar =
+        sidecar_resource("default", "default", "{egress: [{hosts: [\"*/known.default.svc.cluster.local\"]}]}");
+    let wild = vs("default", "wild", "[\"*.cluster.local\"]", "dest", "2020-01-01T00:00:00Z");
+    let view = default_ns_view(&[&sidecar, &wild]);
+    assert_eq!(routed_to(&view, 80, "known"), "outbound|80||dest.default.svc.cluster.local");
+    let rc = route_config(&view, "80");
+    assert_eq!(virtual_host_for(&rc, "alt-known").name, "allow_any", "alt-known is not imported");
+    assert!(rc.virtual_hosts.iter().all(|vh| !vh.domains.contains(&"*.cluster.local".to_string())));
+}
+
+#[test]
+fn sc01_a_vs_imported_for_one_host_applies_to_all_its_hosts() {
+    let sidecar =
+        sidecar_resource("default", "default", "{egress: [{hosts: [\"*/known.default.svc.cluster.local\"]}]}");
+    let both = vs(
+        "default",
+        "both",
+        "[known.default.svc.cluster.local, alt-known.default.svc.cluster.local]",
+        "dest",
+        "2020-01-01T00:00:00Z",
+    );
+    let view = default_ns_view(&[&sidecar, &both]);
+    assert_eq!(routed_to(&view, 80, "known.default.svc.cluster.local"), "outbound|80||dest.default.svc.cluster.local");
+    assert_eq!(
+        routed_to(&view, 80, "alt-known.default.svc.cluster.local"),
+        "outbound|80||dest.default.svc.cluster.local",
+        "not imported, but the VS covers it"
+    );
+}
+
+#[test]
+fn sc01_a_vs_host_matching_no_imported_service_is_a_literal_domain() {
+    let sidecar = sidecar_resource(
+        "not-default",
+        "default",
+        "{egress: [{hosts: [\"not-default/*.default.svc.cluster.local\", ./own.not-default.svc.cluster.local]}]}",
+    );
+    let wild = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: wild, namespace: not-default}\n\
+         spec: {hosts: [\"*.default.svc.cluster.local\"], http: [{route: [{destination: {host: dest.default.svc.cluster.local}}]}]}";
+    let own = service("not-default", "own", "10.0.2.1", &[("http", 80)]);
+    let services = [service("default", "explicit", "10.0.1.4", &[("http", 80)]), own];
+    let docs: Vec<&str> = services.iter().map(String::as_str).chain([sidecar.as_str(), wild]).collect();
+    let view = config(&mesh(&docs), &sidecar_in("not-default"));
+    let rc = route_config(&view, "80");
+    let vh = virtual_host_for(&rc, "explicit.default.svc.cluster.local");
+    assert_eq!(vh.domains, ["*.default.svc.cluster.local"], "no imported service matches: a wildcard domain");
+    assert_eq!(cluster_of(&vh.routes[0]), "outbound|80||dest.default.svc.cluster.local");
+}

@@ -287,3 +287,67 @@ fn vs08_sidecar_listeners_ignore_the_port_in_host() {
     assert_eq!(rds_name(&hcm), "80");
     assert_eq!(hcm.strip_port_mode, Some(StripPortMode::StripAnyHostPort(true)));
 }
+
+#[test]
+fn vs04_a_wildcard_matching_no_service_is_a_literal_domain_on_port_80() {
+    let snapshot = mesh(&[
+        &service("default", "known", "10.0.0.1", &[("http", 80), ("http-alt", 8080)]),
+        &service("default", "dest", "10.0.0.2", &[("http", 80)]),
+        &vs_for_host("random", "*.unknown.example.com", "dest", "2020-01-01T00:00:00Z"),
+    ]);
+    let view = config(&snapshot, &sidecar_in("default"));
+    let on_80 = route_config(&view, "80");
+    let vh = virtual_host_for(&on_80, "a.unknown.example.com");
+    assert_eq!(vh.domains, ["*.unknown.example.com"]);
+    assert_eq!(cluster_of(&vh.routes[0]), "outbound|80||dest.default.svc.cluster.local");
+    assert_eq!(
+        cluster_of(&virtual_host_for(&on_80, "known").routes[0]),
+        "outbound|80||known.default.svc.cluster.local"
+    );
+
+    // VS-06: hosts outside the registry get routes on port 80 only.
+    let on_8080 = route_config(&view, "8080");
+    assert_eq!(virtual_host_for(&on_8080, "a.unknown.example.com").name, "allow_any");
+}
+
+#[test]
+fn vs06_an_unregistered_exact_host_is_routed_on_port_80_only() {
+    let snapshot = mesh(&[
+        &service("default", "b", "10.0.0.1", &[("http", 80), ("http-alt", 8080)]),
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: foo, namespace: default}
+spec:
+  hosts: [foo.example.com]
+  http:
+  - route: [{destination: {host: b, port: {number: 8080}}}]
+"#,
+    ]);
+    let view = config(&snapshot, &sidecar_in("default"));
+    let on_80 = route_config(&view, "80");
+    let vh = virtual_host_for(&on_80, "foo.example.com");
+    assert_eq!(vh.name, "foo.example.com:80");
+    assert_eq!(cluster_of(&vh.routes[0]), "outbound|8080||b.default.svc.cluster.local");
+    assert_eq!(virtual_host_for(&route_config(&view, "8080"), "foo.example.com").name, "allow_any");
+}
+
+#[test]
+fn vs06_a_star_host_never_duplicates_the_catch_all_domain() {
+    let snapshot = mesh(&[
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - port: {number: 80, protocol: HTTP, name: http}
+    hosts: ["./*"]
+"#,
+        &vs_for_host("everything", "*", "dest", "2020-01-01T00:00:00Z"),
+    ]);
+    let rc = route_config(&config(&snapshot, &sidecar_in("default")), "80");
+    let star: Vec<&str> =
+        rc.virtual_hosts.iter().filter(|vh| vh.domains.iter().any(|d| d == "*")).map(|vh| vh.name.as_str()).collect();
+    assert_eq!(star, ["allow_any"], "Envoy rejects duplicate domains");
+}
