@@ -136,3 +136,15 @@ fn d03_a_destination_in_no_registry_is_routed_but_has_no_cluster() {
     assert_eq!(cluster_of(&known_routes(&view, 80)[0]), name);
     assert!(!has_cluster(&view, name));
 }
+
+#[test]
+fn d03_a_subset_no_pod_carries_has_a_cluster_with_no_endpoints() {
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b, namespace: default}\n\
+         spec: {host: b, subsets: [{name: v1, labels: {version: v1}}, {name: v9, labels: {version: v9}}]}";
+    let v1_pod = pod("default", "b-v1", "10.1.0.1", "{app: b, version: v1}");
+    let view = view_with("  - route: [{destination: {host: b, subset: v9}}]\n", &[rule, &v1_pod]);
+    let v9 = outbound(80, "v9", "b");
+    assert!(has_cluster(&view, &v9));
+    assert!(endpoint_addresses(&cla(&view, &v9)).is_empty(), "503 UH, not NC: the assignment is sent, empty");
+    assert_eq!(endpoint_addresses(&cla(&view, &outbound(80, "v1", "b"))), ["10.1.0.1:80"]);
+}

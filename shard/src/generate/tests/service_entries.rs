@@ -60,6 +60,18 @@ fn se01_resolution_none_goes_to_the_original_destination() {
     let c = cluster(&view, "outbound|9999||any.example.com").expect("cluster");
     assert_eq!(discovery(&c), DiscoveryType::OriginalDst);
     assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32);
+    // Without addresses, the TCP port's listener takes all traffic on the port.
+    let l = listener(&view, "0.0.0.0_9999");
+    assert_eq!(socket_address_text(l.address.as_ref().expect("address")), "0.0.0.0:9999");
+    let tcp = tcp_proxy(only_filter(&l));
+    assert_eq!(
+        tcp.cluster_specifier,
+        Some(
+            envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier::Cluster(
+                "outbound|9999||any.example.com".into()
+            )
+        )
+    );
 }
 
 #[test]
