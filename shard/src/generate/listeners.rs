@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
-    http_connection_manager::RouteSpecifier, http_connection_manager::StripPortMode, http_filter,
+    http_connection_manager::RouteSpecifier, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
@@ -46,8 +46,9 @@ pub fn http_connection_manager(stat_prefix: &str, routes: Routes, sidecar: bool)
             Routes::Inline(rc) => RouteSpecifier::RouteConfig(*rc),
         }),
         http_filters: vec![router()],
-        // Sidecars ignore the port in Host (VS-08); paths are normalised (AZ-05).
-        strip_port_mode: sidecar.then_some(StripPortMode::StripAnyHostPort(true)),
+        // Paths are normalised (AZ-05). The Host keeps its port: route
+        // configurations ignore it when matching (VS-08) and the upstream
+        // sees the Host as the client sent it.
         normalize_path: sidecar.then_some(BoolValue { value: true }),
         use_remote_address: Some(BoolValue { value: false }),
         ..Default::default()

@@ -369,7 +369,13 @@ impl Generator<'_> {
             });
         }
         virtual_hosts.push(self.catch_all_virtual_host());
-        let rc = RouteConfiguration { name: rds.clone(), virtual_hosts, ..Default::default() };
+        // VS-08: sidecars ignore the port in Host when matching virtual hosts.
+        let rc = RouteConfiguration {
+            name: rds.clone(),
+            virtual_hosts,
+            ignore_port_in_host_matching: true,
+            ..Default::default()
+        };
         self.add(ResourceType::Route, &rds, &rc);
         let hcm =
             listeners::http_connection_manager(&format!("outbound_{ip}_{port}"), listeners::Routes::Rds(rds), true);

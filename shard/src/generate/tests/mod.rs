@@ -124,9 +124,10 @@ fn virtual_host<'a>(rc: &'a RouteConfiguration, name: &str) -> &'a VirtualHost {
 }
 
 /// The virtual host Envoy picks for a Host header: the port is ignored
-/// (sidecars strip it), then an exact domain, then the longest `*suffix`,
-/// then `*`.
+/// (`ignore_port_in_host_matching`, asserted here), then an exact domain,
+/// then the longest `*suffix`, then `*`.
 fn virtual_host_for<'a>(rc: &'a RouteConfiguration, host: &str) -> &'a VirtualHost {
+    assert!(rc.ignore_port_in_host_matching, "sidecar route configuration {:?} matches the port", rc.name);
     let host = host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(host, |(h, _)| h);
     let exact = rc.virtual_hosts.iter().find(|vh| vh.domains.iter().any(|d| d == host));
     let suffix = || {

@@ -1,8 +1,6 @@
 //! VirtualService host resolution, visibility and precedence (VS-01..VS-05)
 //! and the Host forms that reach a service (VS-08).
 
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::StripPortMode;
-
 use super::*;
 
 const REVIEWS_A: &str = "outbound|80||reviews.ns-a.svc.cluster.local";
@@ -280,12 +278,13 @@ fn vs08_host_forms_by_client_namespace() {
 }
 
 #[test]
-fn vs08_sidecar_listeners_ignore_the_port_in_host() {
+fn vs08_sidecar_routes_ignore_the_port_in_host_without_rewriting_it() {
     let snapshot = mesh(&[&service("ns-b", "b", "10.0.0.2", &[("http", 80)])]);
     let view = config(&snapshot, &sidecar_in("ns-b"));
     let hcm = http_connection_manager(only_filter(&listener(&view, "0.0.0.0_80")));
     assert_eq!(rds_name(&hcm), "80");
-    assert_eq!(hcm.strip_port_mode, Some(StripPortMode::StripAnyHostPort(true)));
+    assert!(route_config(&view, "80").ignore_port_in_host_matching);
+    assert_eq!(hcm.strip_port_mode, None, "the upstream sees the Host as the client sent it, port included");
 }
 
 #[test]
