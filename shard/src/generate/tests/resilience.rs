@@ -60,8 +60,9 @@ fn secs(s: u64) -> Option<envoy_types::pb::google::protobuf::Duration> {
 fn r01_default_outbound_retry_policy() {
     let snapshot = mesh(&[&service("ns-b", "b", "10.0.0.2", &[("http", 80)])]);
     let rc = route_config(&config(&snapshot, &sidecar_in("ns-a")), "80");
-    let route = &virtual_host_for(&rc, "b.ns-b").routes[0];
-    let policy = retry_policy(route);
+    let vh = virtual_host_for(&rc, "b.ns-b");
+    assert!(vh.include_request_attempt_count, "requests carry x-envoy-attempt-count");
+    let policy = retry_policy(&vh.routes[0]);
     assert_eq!(policy.retry_on, DEFAULT_RETRY_ON, "503 is not retried by default (1.24+)");
     assert_eq!(num_retries(policy), 2);
     assert!(policy.retriable_status_codes.is_empty());

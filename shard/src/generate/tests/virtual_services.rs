@@ -327,6 +327,7 @@ spec:
     let on_80 = route_config(&view, "80");
     let vh = virtual_host_for(&on_80, "foo.example.com");
     assert_eq!(vh.name, "foo.example.com:80");
+    assert!(vh.include_request_attempt_count);
     assert_eq!(cluster_of(&vh.routes[0]), "outbound|8080||b.default.svc.cluster.local");
     assert_eq!(virtual_host_for(&route_config(&view, "8080"), "foo.example.com").name, "allow_any");
 }
