@@ -479,7 +479,7 @@ fn route_updates_wait_until_new_clusters_can_warm() {
     let next =
         mesh(2).with(CDS, "c3", "cluster three").with(EDS, "c3", "endpoints three").with(RDS, "r1", "route to c3");
     let cds = p.push_one(next.build());
-    assert_eq!(summary(&[cds.clone()]), vec![("cds", s(&["c3"]), vec![])], "the route waits");
+    assert_eq!(summary(std::slice::from_ref(&cds)), vec![("cds", s(&["c3"]), vec![])], "the route waits");
     assert!(p.send(req(CDS).ack(&cds.nonce)).is_empty(), "still waiting for the endpoints subscription");
     let responses = p.send(req(EDS).sub(&["c3"]));
     assert_eq!(

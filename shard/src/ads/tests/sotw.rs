@@ -312,7 +312,7 @@ fn route_updates_wait_until_new_clusters_can_warm() {
     let next =
         mesh(2).with(CDS, "c3", "cluster three").with(EDS, "c3", "endpoints three").with(RDS, "r1", "route to c3");
     let cds = c.push_one(next.build());
-    assert_eq!(summary(&[cds.clone()]), vec![("cds", s(&["cluster one", "cluster two", "cluster three"]))]);
+    assert_eq!(summary(std::slice::from_ref(&cds)), vec![("cds", s(&["cluster one", "cluster two", "cluster three"]))]);
     assert!(c.send(req(CDS, &[]).ack(&cds)).is_empty(), "the route waits for the new cluster's endpoints");
     let responses = c.send(req(EDS, &["c1", "c2", "c3"]));
     assert_eq!(
