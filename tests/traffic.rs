@@ -460,3 +460,72 @@ fn config_errors(mesh: &Meshplane) -> String {
     let diagnostics = body["diagnostics"].as_array().cloned().unwrap_or_default();
     diagnostics.iter().filter_map(|d| d.as_str()).filter(|d| d.starts_with("error")).collect::<Vec<_>>().join("\n")
 }
+
+#[test]
+fn a_proxy_that_nacks_does_not_delay_the_others() {
+    // Proxy B (app=bad) is given a route whose header regex Envoy's RE2
+    // rejects (repeat count over 1000), so B NACKs its routes; proxy A never
+    // sees that route (sourceLabels). A config change must still reach A
+    // promptly, and B must keep its last good config.
+    let vs = |default: &str| {
+        with_subsets(&format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend, namespace: shop}}
+spec:
+  hosts: [backend]
+  http:
+  - match: [{{sourceLabels: {{app: bad}}, headers: {{x-token: {{regex: "x{{1001}}"}}}}}}]
+    route: [{{destination: {{host: backend, subset: v3}}}}]
+  - route: [{{destination: {{host: backend, subset: {default}}}}}]
+"#
+        ))
+    };
+    let shop = Shop::start(&vs("v1"));
+    shop.wait_routed("/", &[], "v1");
+    let b_ip = shop.net.ip(3);
+    let proxy_b = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: client-2, namespace: shop, labels: {{app: bad}}}}
+status: {{podIP: {b_ip}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: bad, namespace: shop}}
+spec:
+  workloadSelector: {{labels: {{app: bad}}}}
+  egress:
+  - port: {{number: {SERVICE_PORT}, protocol: HTTP, name: http}}
+    bind: {b_ip}
+    captureMode: NONE
+    hosts: ["./*"]
+"#
+    );
+    shop.write("proxy-b.yaml", &proxy_b);
+    let b = Envoy::spawn(
+        EnvoyOptions::sidecar(b_ip, "client-2", "shop", shop.mesh.xds_addr())
+            .with_metadata("INTERCEPTION_MODE", json!("NONE")),
+    );
+    let rds_rejected =
+        |e: &Envoy| e.stat(&format!("http.outbound_{b_ip}_{SERVICE_PORT}.rds.{b_ip}_{SERVICE_PORT}.update_rejected"));
+    let first = b.wait_until(PROPAGATION, "proxy B to NACK its routes", |e| rds_rejected(e).filter(|n| *n > 0));
+
+    // The change reaches A while B keeps rejecting.
+    let changed = Instant::now();
+    shop.write("traffic.yaml", &vs("v2"));
+    shop.wait_routed("/", &[], "v2");
+    let took = changed.elapsed();
+    b.wait_until(PROPAGATION, "proxy B to reject the new routes too", |e| rds_rejected(e).filter(|n| *n > first));
+    assert!(took < PROPAGATION, "A converged in {took:?} despite B's NACKs");
+    let log = shop.mesh.log_tail(400);
+    assert!(
+        log.contains("proxy rejected config (NACK)") && log.contains("client-2.shop"),
+        "meshplane logs B's NACK with its proxy id:\n{log}"
+    );
+    // A's routing is unaffected by B's rejected route.
+    let counts = tally(&shop, 20, "/", &[("x-token", "xx")]);
+    assert_eq!(counts.get("v2"), Some(&20), "{counts:?}");
+}

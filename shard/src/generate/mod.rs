@@ -692,7 +692,13 @@ impl Generator<'_> {
             let name = outbound_cluster_name(port, &subset, &host);
             let eps = self.snapshot.endpoints(&host);
             let subset_ref = (!subset.is_empty()).then_some(subset.as_str());
-            let cluster = clusters::outbound_cluster(&name, service, service_port, subset_ref, rule.as_ref(), eps);
+            let mut cluster = clusters::outbound_cluster(&name, service, service_port, subset_ref, rule.as_ref(), eps);
+            if self.class.grpc && cluster.eds_cluster_config.is_some() {
+                // Proxyless gRPC takes round robin (or ring hash, not implemented
+                // yet) from `lb_policy` and rejects the rest, as Istio's gRPC
+                // generator accounts for.
+                cluster.lb_policy = envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::RoundRobin as i32;
+            }
             let eds = cluster.eds_cluster_config.is_some();
             self.add(ResourceType::Cluster, &name, &cluster);
             if eds {

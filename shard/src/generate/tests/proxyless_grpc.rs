@@ -2,6 +2,7 @@
 //! `host:port` a client may dial, and weighted localities.
 
 use super::*;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
 
 fn grpc_client(namespace: &str) -> ProxyClass {
     ProxyClass { grpc: true, ..sidecar_in(namespace) }
@@ -67,4 +68,18 @@ fn a_vs_timeout_reaches_grpc_as_the_max_stream_duration() {
     let max = action.max_stream_duration.as_ref().expect("max_stream_duration");
     assert_eq!(max.max_stream_duration, Some(crate::generate::duration(std::time::Duration::from_secs(3))));
     assert_eq!(max.grpc_timeout_header_max, None, "would override the VS timeout for gRPC");
+}
+
+#[test]
+fn clusters_use_round_robin_whatever_the_rule_says() {
+    // gRPC rejects a Cluster whose lb_policy it does not implement (a NACK
+    // with "LB policy is not supported"), such as Istio's default LEAST_REQUEST.
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: g, namespace: ns-a}\nspec:\n  host: greeter\n  trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}\n  subsets: [{name: v1, labels: {version: v1}}]\n";
+    let grpc = config(&mesh(&[&greeter(), rule]), &grpc_client("ns-a"));
+    let sidecar = config(&mesh(&[&greeter(), rule]), &sidecar_in("ns-a"));
+    for name in ["outbound|50051||greeter.ns-a.svc.cluster.local", "outbound|50051|v1|greeter.ns-a.svc.cluster.local"] {
+        let policy = |view: &ProxyView| cluster(view, name).expect("the cluster exists").lb_policy;
+        assert_eq!(policy(&grpc), LbPolicy::RoundRobin as i32, "{name}");
+        assert_eq!(policy(&sidecar), LbPolicy::LeastRequest as i32, "{name}");
+    }
 }
