@@ -220,7 +220,8 @@ spec:
         XdsApi::Sotw,
     );
     shop.wait_routed("/", &[], "v1");
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         ("/", &[], "v1"),
         ("/anything", &[], "v1"),
         ("/", &[("x-version", "v2")], "v2"),
@@ -363,11 +364,9 @@ fn editing_config_while_traffic_flows_changes_routing_without_failures() {
     wait_for(PROPAGATION, "routing to switch to v2", || count_of("v2") >= 20);
     // A change that adds a new cluster (subset) and routes to it in one edit:
     // make-before-break must deliver the cluster before the route.
-    let v3_only = format!(
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: backend, namespace: shop}}\nspec:\n  host: backend\n  subsets:\n  - {{name: blue, labels: {{version: v3}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend, namespace: shop}}\nspec:\n  hosts: [backend]\n  http:\n  - route: [{{destination: {{host: backend, subset: blue}}}}]\n"
-    );
+    let v3_only = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: backend, namespace: shop}\nspec:\n  host: backend\n  subsets:\n  - {name: blue, labels: {version: v3}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend, namespace: shop}\nspec:\n  hosts: [backend]\n  http:\n  - route: [{destination: {host: backend, subset: blue}}]\n";
     phase.store(2, Ordering::Relaxed);
-    shop.write("traffic.yaml", &v3_only);
+    shop.write("traffic.yaml", v3_only);
     wait_for(PROPAGATION, "routing to switch to the new subset", || count_of("v3") >= 20);
     stop.store(true, Ordering::Relaxed);
     traffic.join().unwrap();
