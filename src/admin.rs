@@ -32,6 +32,7 @@ pub async fn serve(
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/connections", get(connections))
         .route("/debug/configz", get(configz))
+        .route("/debug/registryz", get(registryz))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "admin server failed");
@@ -116,4 +117,23 @@ async fn configz(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "files": files,
         "diagnostics": summary.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
     }))
+}
+
+/// The services of the current mesh snapshot, with their ports and endpoint counts.
+async fn registryz(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    let snapshot = state.shard.snapshot();
+    let services: Vec<_> = snapshot
+        .services
+        .iter()
+        .map(|s| {
+            json!({
+                "hostname": s.hostname,
+                "namespace": s.namespace,
+                "addresses": s.addresses,
+                "ports": s.ports.iter().map(|p| json!({"name": p.name, "port": p.port, "protocol": format!("{:?}", p.protocol)})).collect::<Vec<_>>(),
+                "endpoints": snapshot.endpoints(&s.hostname).len(),
+            })
+        })
+        .collect();
+    Json(json!({"revision": snapshot.revision, "services": services}))
 }

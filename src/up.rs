@@ -18,6 +18,9 @@ use meshplane_shard::runtime::{Shard, ShardConfig};
 use meshplane_store::{EmbeddedStore, Store};
 use tokio::sync::watch;
 
+/// How long open xDS streams may take to end after a shutdown signal.
+const XDS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
     /// Directory of Kubernetes/Istio YAML to serve; watched for changes.
@@ -92,7 +95,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    let _ = xds_task.await;
+    // The listener is closed at once; ADS streams never end by themselves, so
+    // give them a moment to finish, then close them (proxies reconnect).
+    let xds_abort = xds_task.abort_handle();
+    if tokio::time::timeout(XDS_DRAIN, xds_task).await.is_err() {
+        tracing::info!(after = ?XDS_DRAIN, "closing the remaining xDS streams");
+        xds_abort.abort();
+    }
     let _ = shard_task.await;
     let _ = admin_task.await;
     if let Err(e) = directory.join().await {

@@ -134,6 +134,21 @@ impl Meshplane {
         self.proc.log_path()
     }
 
+    /// `Some(status)` once the process has exited.
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.proc.exited()
+    }
+
+    /// Send a signal (`TERM`, `INT`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         self.proc.log_tail(lines)
     }

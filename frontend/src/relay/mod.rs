@@ -1,0 +1,164 @@
+//! # The relay: one proxy's ADS stream, forwarded to the shard that owns it
+//!
+//! ```text
+//!            proxy                     frontend                              shard (owner)
+//!  requests ───────▶ on_proxy_request ──▶ [DeltaRelay | SotwRelay] ──▶ forward ────▶ AdsServer
+//!                                     soft state per type:                       │
+//!  responses ◀────── nonce "E.n" ◀── on_upstream_response ◀──────────────────────────── nonce "n"
+//!                                     │
+//!   membership change / upstream failure:
+//!     connect() ─▶ epoch E+1, replay requests (subscriptions + ACKed versions) ──▶ new owner
+//! ```
+//!
+//! The protocol cores ([`DeltaRelay`], [`SotwRelay`]) are sans-IO: they turn
+//! proxy requests into upstream requests, upstream responses into proxy
+//! responses, and produce the replay that opens a stream to a new owner.
+//! `server.rs` is the async edge: picking the owner, one HTTP/2 connection
+//! per shard, and the `select!` loop of each stream.
+//!
+//! ## Soft state (nothing durable)
+//! - **Delta**, per type: the subscription (wildcard flag and names), and the
+//!   versions the proxy has ACKed. Versions are learned from the responses
+//!   that pass through and recorded only when the proxy ACKs them; a NACKed
+//!   response's versions are never recorded. Names the proxy unsubscribes
+//!   (outside a wildcard) are forgotten, as the proxy forgets them.
+//! - **SotW**, per type: the last request (its names and `version_info`,
+//!   the version the proxy last accepted; a NACK carries the previous one).
+//!
+//! ## Re-homing
+//! A new upstream stream starts a new *epoch*. Its first requests are a
+//! replay of the soft state, one per type in push order (CDS, EDS, LDS, RDS,
+//! SDS, then any other type), the node on the first:
+//! - Delta: the subscription, with `initial_resource_versions` = the ACKed
+//!   versions. Versions are content hashes that every shard computes alike,
+//!   so the new owner sends only what differs from what the proxy holds.
+//! - SotW: the last request of each type, without its nonce. SotW cannot
+//!   say what the client holds, so the new owner answers each type with its
+//!   full set, which the proxy applies as a no-op when it is unchanged.
+//!
+//! The proxy's stream is never reset by a re-home: the relay keeps it open
+//! while it reconnects upstream, and keeps it open (with the proxy keeping
+//! its config) while no shard is available at all.
+//!
+//! ## Nonces
+//! Each shard numbers its responses per stream, so the old and the new
+//! upstream issue the same nonces ("1", "2", ...) for different responses,
+//! and an ACK the proxy sends for the old upstream's response could be taken
+//! by the new one for an ACK of its own. The relay therefore rewrites every
+//! response nonce to `{epoch}.{upstream nonce}`, and on each request:
+//! - a nonce of the current epoch, for a type that got a response in this
+//!   epoch, is translated back and forwarded: ACKs and NACKs work as if the
+//!   proxy were connected directly;
+//! - any other nonce (an earlier epoch's, or one this relay never issued, as
+//!   on a reconnect) is **stale**. It never reaches the new upstream, which
+//!   never issued it. Delta: an ACK of an earlier epoch's response still
+//!   records its versions in the soft state (the proxy does hold them, and a
+//!   later re-home uses them); the request's subscription changes, which
+//!   Envoy piggybacks on ACKs, are forwarded without the nonce and error
+//!   (a Delta server applies subscription changes of nonce-less requests);
+//!   a request with nothing left is dropped. SotW: the request updates the
+//!   soft state and is dropped, as a SotW server drops stale requests; the
+//!   proxy repeats its whole subscription when it answers the new owner's
+//!   response to the replay.
+//! - A stale NACK is logged and counted, and not forwarded: the new owner
+//!   was told only what the proxy ACKed, so it may send the rejected content
+//!   once more and receive a NACK of its own.
+//!
+//! ## Moving when settled
+//! On a membership change the old owner is still alive, so the edge waits
+//! (a bounded grace) until no response of the current epoch awaits the
+//! proxy's ACK before switching: then the replay names exactly what the
+//! proxy holds and the new owner sends nothing the proxy already has. When
+//! the upstream fails there is nothing to wait for: responses still awaiting
+//! an ACK are then not in the replay, and the new owner may send them again
+//! (same versions, which Envoy applies as no-ops).
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+
+mod delta;
+mod server;
+mod sotw;
+
+pub use delta::DeltaRelay;
+pub use server::{RelayConfig, RelayMetrics, RelayServer};
+pub use sotw::SotwRelay;
+
+#[cfg(test)]
+mod tests;
+
+/// A request the relay cannot handle; the proxy's stream is closed with
+/// `INVALID_ARGUMENT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    #[error(
+        "request has no type_url; ADS needs it on every request \
+         (is the client configured for aggregated, not per-type, xDS?)"
+    )]
+    MissingTypeUrl,
+    #[error(
+        "the first ADS request carries no node id; set node.id (for Istio proxies \
+         TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local) in the bootstrap"
+    )]
+    MissingNode,
+}
+
+/// Something that happened on a relayed stream, for the edge to log and count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// The proxy ACKed a response of an earlier upstream (or a nonce this
+    /// relay never issued); not forwarded.
+    StaleAck { type_url: String, nonce: String },
+    /// The proxy NACKed a response of an earlier upstream; not forwarded.
+    StaleNack { type_url: String, nonce: String, message: String },
+}
+
+/// The type URLs in make-before-break push order; others sort after them.
+const PUSH_ORDER: [&str; 5] = [
+    "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+    "type.googleapis.com/envoy.config.listener.v3.Listener",
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+];
+
+/// A type URL, ordered for replay: push order, then by URL.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TypeKey(usize, String);
+
+impl TypeKey {
+    fn new(type_url: &str) -> TypeKey {
+        let rank = PUSH_ORDER.iter().position(|t| *t == type_url).unwrap_or(PUSH_ORDER.len());
+        TypeKey(rank, type_url.to_string())
+    }
+
+    fn url(&self) -> &str {
+        &self.1
+    }
+
+    /// Whether an empty first subscription means "everything" (CDS, LDS).
+    fn wildcard_by_default(&self) -> bool {
+        self.0 == 0 || self.0 == 2
+    }
+}
+
+/// The nonce the proxy sees for an upstream nonce.
+fn relay_nonce(epoch: u64, upstream: &str) -> String {
+    format!("{epoch}.{upstream}")
+}
+
+/// The epoch and upstream nonce of a nonce this relay issued.
+fn parse_nonce(nonce: &str) -> Option<(u64, &str)> {
+    let (epoch, upstream) = nonce.split_once('.')?;
+    if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((epoch.parse().ok()?, upstream))
+}
+
+/// The id of the proxy a first request names.
+fn node_id(node: Option<&Node>) -> Result<String, RelayError> {
+    match node {
+        Some(node) if !node.id.is_empty() => Ok(node.id.clone()),
+        _ => Err(RelayError::MissingNode),
+    }
+}

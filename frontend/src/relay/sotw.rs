@@ -1,0 +1,158 @@
+//! State-of-the-World ADS through the relay: the last request per type.
+//!
+//! ```text
+//!  on_proxy_request(req):  remember it (names, version_info) as the type's last request
+//!                    forward: first of type / empty nonce as is | current-epoch nonce translated
+//!                             | stale nonce: dropped (the proxy repeats its subscription later)
+//!  on_upstream_response(resp): nonce := "E.n"
+//!  connect():        epoch += 1; the last request of each type, without nonce
+//! ```
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::{RelayError, RelayEvent, TypeKey, node_id, parse_nonce, relay_nonce};
+
+/// The sans-IO relay state of one State-of-the-World ADS stream.
+#[derive(Debug)]
+pub struct SotwRelay {
+    node: Node,
+    node_id: String,
+    epoch: u64,
+    connected: bool,
+    types: BTreeMap<TypeKey, TypeState>,
+    events: Vec<RelayEvent>,
+}
+
+#[derive(Debug)]
+struct TypeState {
+    /// The proxy's last request of this type, without node, nonce and error.
+    last: DiscoveryRequest,
+    /// The nonce of the last response relayed in the current epoch, until
+    /// the proxy answers it.
+    awaiting: Option<String>,
+    /// A response of this type was relayed in the current epoch.
+    answered: bool,
+}
+
+impl SotwRelay {
+    /// Start from the proxy's first request (which must name the node).
+    pub fn new(first: DiscoveryRequest) -> Result<SotwRelay, RelayError> {
+        let node_id = node_id(first.node.as_ref())?;
+        let mut relay = SotwRelay {
+            node: first.node.clone().unwrap_or_default(),
+            node_id,
+            epoch: 0,
+            connected: false,
+            types: BTreeMap::new(),
+            events: Vec::new(),
+        };
+        relay.on_proxy_request(first)?;
+        Ok(relay)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// A request from the proxy; returns what to send upstream, if anything.
+    pub fn on_proxy_request(&mut self, req: DiscoveryRequest) -> Result<Option<DiscoveryRequest>, RelayError> {
+        if req.type_url.is_empty() {
+            return Err(RelayError::MissingTypeUrl);
+        }
+        let key = TypeKey::new(&req.type_url);
+        let remembered =
+            DiscoveryRequest { node: None, response_nonce: String::new(), error_detail: None, ..req.clone() };
+        let Some(st) = self.types.get_mut(&key) else {
+            self.types.insert(key, TypeState { last: remembered, awaiting: None, answered: false });
+            let mut out = req;
+            out.response_nonce.clear();
+            out.error_detail = None;
+            return Ok(self.connected.then_some(out));
+        };
+        st.last = remembered;
+        if req.response_nonce.is_empty() {
+            // The client starting the type over: always answered.
+            return Ok(self.connected.then_some(req));
+        }
+        match parse_nonce(&req.response_nonce) {
+            Some((epoch, upstream)) if epoch == self.epoch && self.connected && st.answered => {
+                if st.awaiting.as_deref() == Some(req.response_nonce.as_str()) {
+                    st.awaiting = None;
+                }
+                let upstream = upstream.to_string();
+                let mut out = req;
+                out.response_nonce = upstream;
+                Ok(Some(out))
+            }
+            _ => {
+                self.events.push(match req.error_detail {
+                    None => RelayEvent::StaleAck { type_url: req.type_url, nonce: req.response_nonce },
+                    Some(status) => RelayEvent::StaleNack {
+                        type_url: req.type_url,
+                        nonce: req.response_nonce,
+                        message: status.message,
+                    },
+                });
+                Ok(None)
+            }
+        }
+    }
+
+    /// A response from the current upstream; returns it as the proxy must see it.
+    pub fn on_upstream_response(&mut self, mut resp: DiscoveryResponse) -> DiscoveryResponse {
+        let nonce = relay_nonce(self.epoch, &resp.nonce);
+        let key = TypeKey::new(&resp.type_url);
+        let st = self.types.entry(key).or_insert_with(|| TypeState {
+            last: DiscoveryRequest { type_url: resp.type_url.clone(), ..Default::default() },
+            awaiting: None,
+            answered: false,
+        });
+        st.answered = true;
+        st.awaiting = Some(nonce.clone());
+        resp.nonce = nonce;
+        resp
+    }
+
+    /// Start a new upstream stream: the requests to send it first, in order.
+    pub fn connect(&mut self) -> Vec<DiscoveryRequest> {
+        self.epoch += 1;
+        self.connected = true;
+        let mut replay = Vec::with_capacity(self.types.len());
+        for st in self.types.values_mut() {
+            st.answered = false;
+            st.awaiting = None;
+            let mut req = st.last.clone();
+            req.node = replay.is_empty().then(|| self.node.clone());
+            replay.push(req);
+        }
+        replay
+    }
+
+    /// The upstream is gone; requests only update the soft state until the
+    /// next [`connect`](Self::connect).
+    pub fn disconnect(&mut self) {
+        self.connected = false;
+    }
+
+    /// Whether the proxy has answered every response of the current upstream.
+    pub fn settled(&self) -> bool {
+        self.types.values().all(|st| st.awaiting.is_none())
+    }
+
+    /// Events produced so far.
+    pub fn take_events(&mut self) -> Vec<RelayEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The proxy's last request of a type (debug pages, tests).
+    pub fn last_request(&self, type_url: &str) -> Option<&DiscoveryRequest> {
+        self.types.get(&TypeKey::new(type_url)).map(|st| &st.last)
+    }
+}
