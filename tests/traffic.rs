@@ -117,23 +117,31 @@ spec:
   selector: {{app: backend}}
   ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {backend_port}}}]
 ---
-apiVersion: v1
+{client}{pods}"#,
+        client = client_workload("client-1", "client", net.ip(2)),
+    )
+}
+
+/// A client pod and the Sidecar that gives it an egress listener for the
+/// service port on its own address (`captureMode: NONE`: no iptables).
+fn client_workload(pod: &str, app: &str, ip: std::net::IpAddr) -> String {
+    format!(
+        r#"apiVersion: v1
 kind: Pod
-metadata: {{name: client-1, namespace: shop, labels: {{app: client}}}}
-status: {{podIP: {client}}}
+metadata: {{name: {pod}, namespace: shop, labels: {{app: {app}}}}}
+status: {{podIP: {ip}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
-metadata: {{name: client, namespace: shop}}
+metadata: {{name: {app}, namespace: shop}}
 spec:
-  workloadSelector: {{labels: {{app: client}}}}
+  workloadSelector: {{labels: {{app: {app}}}}}
   egress:
   - port: {{number: {SERVICE_PORT}, protocol: HTTP, name: http}}
-    bind: {client}
+    bind: {ip}
     captureMode: NONE
     hosts: ["./*"]
-{pods}"#,
-        client = net.ip(2),
+"#
     )
 }
 
@@ -484,25 +492,7 @@ spec:
     let shop = Shop::start(&vs("v1"));
     shop.wait_routed("/", &[], "v1");
     let b_ip = shop.net.ip(3);
-    let proxy_b = format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: client-2, namespace: shop, labels: {{app: bad}}}}
-status: {{podIP: {b_ip}}}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: bad, namespace: shop}}
-spec:
-  workloadSelector: {{labels: {{app: bad}}}}
-  egress:
-  - port: {{number: {SERVICE_PORT}, protocol: HTTP, name: http}}
-    bind: {b_ip}
-    captureMode: NONE
-    hosts: ["./*"]
-"#
-    );
+    let proxy_b = client_workload("client-2", "bad", b_ip);
     shop.write("proxy-b.yaml", &proxy_b);
     let b = Envoy::spawn(
         EnvoyOptions::sidecar(b_ip, "client-2", "shop", shop.mesh.xds_addr())
