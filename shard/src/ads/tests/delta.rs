@@ -5,7 +5,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
 
-use super::{CDS, EDS, LDS, RDS, version, view};
+use super::{CDS, EDS, LDS, RDS, mesh, s, version, view};
 use crate::ads::{DeltaStream, ProtocolError, StreamEvent};
 use crate::resources::{ProxyView, ResourceType};
 
@@ -95,21 +95,6 @@ fn summary(responses: &[DeltaDiscoveryResponse]) -> Vec<(&'static str, Vec<Strin
 
 fn sent(r: &DeltaDiscoveryResponse) -> Vec<String> {
     r.resources.iter().map(|r| r.name.clone()).collect()
-}
-
-fn s(names: &[&str]) -> Vec<String> {
-    names.iter().map(|n| n.to_string()).collect()
-}
-
-/// A mesh with two clusters (with endpoints), one listener and one route.
-fn mesh(revision: i64) -> super::ViewBuilder {
-    view(revision)
-        .with(CDS, "c1", "cluster one")
-        .with(CDS, "c2", "cluster two")
-        .with(EDS, "c1", "endpoints one")
-        .with(EDS, "c2", "endpoints two")
-        .with(LDS, "l1", "listener one")
-        .with(RDS, "r1", "route one")
 }
 
 /// A proxy that subscribed to everything in `mesh` and ACKed it all.

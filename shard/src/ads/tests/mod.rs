@@ -35,6 +35,21 @@ impl ViewBuilder {
     }
 }
 
+/// A mesh with two clusters (with endpoints), one listener and one route.
+fn mesh(revision: i64) -> ViewBuilder {
+    view(revision)
+        .with(CDS, "c1", "cluster one")
+        .with(CDS, "c2", "cluster two")
+        .with(EDS, "c1", "endpoints one")
+        .with(EDS, "c2", "endpoints two")
+        .with(LDS, "l1", "listener one")
+        .with(RDS, "r1", "route one")
+}
+
+fn s(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
 /// The version a resource with this body gets.
 fn version(body: &str) -> String {
     content_version(body.as_bytes())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
 
-use super::{CDS, EDS, LDS, RDS, view};
+use super::{CDS, EDS, LDS, RDS, mesh, s, view};
 use crate::ads::{ProtocolError, SotwStream, StreamEvent};
 use crate::resources::{ProxyView, ResourceType};
 
@@ -74,20 +74,6 @@ fn summary(responses: &[DiscoveryResponse]) -> Vec<(&'static str, Vec<String>)> 
 
 fn bodies(r: &DiscoveryResponse) -> Vec<String> {
     r.resources.iter().map(|a| String::from_utf8(a.value.clone()).unwrap()).collect()
-}
-
-fn s(items: &[&str]) -> Vec<String> {
-    items.iter().map(|n| n.to_string()).collect()
-}
-
-fn mesh(revision: i64) -> super::ViewBuilder {
-    view(revision)
-        .with(CDS, "c1", "cluster one")
-        .with(CDS, "c2", "cluster two")
-        .with(EDS, "c1", "endpoints one")
-        .with(EDS, "c2", "endpoints two")
-        .with(LDS, "l1", "listener one")
-        .with(RDS, "r1", "route one")
 }
 
 /// An Envoy that subscribed to everything in `mesh` and ACKed it.
