@@ -8,8 +8,16 @@
 //!                                       │     Store     │ ──list(prefix, rev)───▶ shard
 //!   shard / frontend ──lease + put────▶ │ (rev 1,2,3..) │ ──watch(membership)───▶ frontend
 //!                                       └───────────────┘
-//!                        backends: Embedded (in-process, redb) | etcd (issue 3)
+//!                        backends: Embedded (in-process, redb) | Etcd (a real etcd cluster)
 //! ```
+//!
+//! Two backends implement it and pass the same [`conformance`] suite:
+//! [`EmbeddedStore`] (one process; [`embedded`] explains its MVCC and lease
+//! timer) and [`EtcdStore`] (every process of a sharded deployment on one
+//! etcd cluster; [`etcd`] explains what maps to what in etcd, paged lists,
+//! watches that resume across disconnects, and the few places etcd bends the
+//! contract: lease TTLs in whole seconds, batches bounded by
+//! `--max-txn-ops`).
 //!
 //! ## The contract
 //! - The store has one global **revision**, starting at 1 for an empty store.
@@ -62,8 +70,10 @@ use futures::stream::BoxStream;
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
 
 /// A store revision. Revision 1 is the empty store; each change adds one.
 pub type Revision = i64;
@@ -202,8 +212,8 @@ pub enum StoreError {
 
 /// The revisioned, watchable keyspace every meshplane process shares.
 ///
-/// Implemented by [`EmbeddedStore`] (one process) and, later, by the etcd
-/// backend. [`conformance`] holds the tests every implementation must pass.
+/// Implemented by [`EmbeddedStore`] (one process) and [`EtcdStore`] (an etcd
+/// cluster). [`conformance`] holds the tests every implementation must pass.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The current revision.
