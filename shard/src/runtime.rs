@@ -239,11 +239,16 @@ impl Shard {
     }
 
     /// Install a snapshot and bring every proxy's view up to date with it.
+    ///
+    /// Content is compared once per class: a class whose new config equals
+    /// its previous one keeps the previous `Arc`, so its proxies are checked
+    /// with a pointer comparison and not woken at all.
     fn publish(&self, snapshot: Arc<MeshSnapshot>) {
         let inner = &self.inner;
         inner.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
         *inner.snapshot.write().expect("snapshot lock poisoned") = snapshot.clone();
         inner.endpoints.begin_round();
+        let previous = std::mem::take(&mut *inner.classes.lock().expect("classes lock poisoned"));
         let mut fresh: HashMap<ProxyClass, Arc<ProxyView>> = HashMap::new();
         let mut proxies = inner.proxies.lock().expect("proxies lock poisoned");
         for entry in proxies.values_mut() {
@@ -252,11 +257,14 @@ impl Shard {
                 .entry(entry.class.clone())
                 .or_insert_with(|| {
                     inner.stats.classes_generated.fetch_add(1, Ordering::Relaxed);
-                    Arc::new(generate(&snapshot, &entry.class, &inner.endpoints))
+                    let view = generate(&snapshot, &entry.class, &inner.endpoints);
+                    match previous.get(&entry.class) {
+                        Some(old) if old.same_content(&view) => old.clone(),
+                        _ => Arc::new(view),
+                    }
                 })
                 .clone();
-            let changed = !entry.views.borrow().same_content(&view);
-            if changed {
+            if !Arc::ptr_eq(&entry.views.borrow(), &view) {
                 inner.stats.proxy_pushes.fetch_add(1, Ordering::Relaxed);
                 entry.views.send_replace(view);
             }
@@ -383,16 +391,17 @@ impl ViewSource for Shard {
             });
         }
         let metadata = proxy_metadata(node.metadata.as_ref());
+        // Holding the proxies lock orders this against `publish`: either the
+        // proxy is registered before a rebuild (which then updates it) or it
+        // is given a view of the snapshot that rebuild installed.
+        let mut proxies = self.inner.proxies.lock().expect("proxies lock poisoned");
         let class = classify(&self.snapshot(), &id, &metadata);
         let view = self.class_view(&class);
         let (tx, rx) = watch::channel(view);
         let connection = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
         tracing::info!(proxy = %node.id, namespace = %class.namespace, labels = ?class.labels, "proxy connected");
-        self.inner
-            .proxies
-            .lock()
-            .expect("proxies lock poisoned")
-            .insert(connection, ProxyEntry { id: node.id.clone(), node: id, metadata, class, views: tx });
+        proxies.insert(connection, ProxyEntry { id: node.id.clone(), node: id, metadata, class, views: tx });
+        drop(proxies);
         Ok(ProxySubscription {
             proxy_id: node.id.clone(),
             views: rx,
@@ -404,4 +413,118 @@ impl ViewSource for Shard {
 /// Resource counts by type, for logs and debug pages.
 pub fn view_summary(view: &ProxyView) -> BTreeMap<&'static str, usize> {
     ResourceType::ALL.iter().map(|t| (t.short(), view.resources(*t).len())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use envoy_types::pb::google::protobuf::Value;
+    use meshplane_model::parse::parse_yaml;
+    use meshplane_store::{EmbeddedStore, Op};
+
+    use super::*;
+
+    async fn put_yaml(store: &EmbeddedStore, yaml: &str) {
+        let parsed = parse_yaml("test.yaml", yaml);
+        assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
+        let ops = parsed
+            .objects
+            .iter()
+            .map(|o| Op::Put {
+                key: ObjectKey::new("Kubernetes", o.object.object_ref()).encode(),
+                value: o.object.to_json().into(),
+            })
+            .collect();
+        store.batch(ops).await.unwrap();
+    }
+
+    fn node(ip: &str, pod: &str, ns: &str) -> Node {
+        let mut metadata = Struct::default();
+        metadata.fields.insert("NAMESPACE".into(), Value { kind: Some(ValueKind::StringValue(ns.into())) });
+        Node {
+            id: format!("sidecar~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"),
+            metadata: Some(metadata),
+            ..Default::default()
+        }
+    }
+
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: ns-a}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: ns-b}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: ns-a}
+spec: {egress: [{hosts: ["./*"]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: ns-b}
+spec: {egress: [{hosts: ["./*"]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b-1, namespace: ns-b, labels: {app: b}}
+status: {podIP: 10.0.0.2}
+"#;
+
+    async fn started() -> (EmbeddedStore, Shard, watch::Sender<bool>) {
+        let store = EmbeddedStore::in_memory();
+        put_yaml(&store, MESH).await;
+        let shard = Shard::new(Arc::new(store.clone()), ShardConfig::default());
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(shard.clone().run(stopped));
+        let mut ready = shard.ready();
+        ready.wait_for(|r| *r).await.unwrap();
+        (store, shard, stop)
+    }
+
+    async fn next_view(sub: &mut ProxySubscription) -> Arc<ProxyView> {
+        tokio::time::timeout(Duration::from_secs(30), sub.views.changed()).await.expect("a new view").unwrap();
+        sub.views.borrow_and_update().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_reaches_only_the_proxies_whose_config_changed() {
+        let (store, shard, _stop) = started().await;
+        let mut a = shard.subscribe(&node("10.0.0.1", "a-1", "ns-a")).unwrap();
+        let mut b = shard.subscribe(&node("10.0.0.2", "b-1", "ns-b")).unwrap();
+        a.views.borrow_and_update();
+        b.views.borrow_and_update();
+
+        // A new port on service b is only visible to ns-b's proxies.
+        put_yaml(
+            &store,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: ns-b}\nspec: {ports: [{name: http, port: 80}, {name: http-alt, port: 8080}]}\n",
+        )
+        .await;
+        let view = next_view(&mut b).await;
+        assert!(view.clusters.contains_key("outbound|8080||b.ns-b.svc.cluster.local"));
+        // The rebuild that served b is done; a was not woken by it.
+        assert!(!a.views.has_changed().unwrap(), "ns-a's config did not change");
+        assert!(shard.stats().rebuilds.load(Ordering::Relaxed) >= 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relabelled_pod_moves_its_proxy_to_its_new_config() {
+        let (store, shard, _stop) = started().await;
+        let mut b = shard.subscribe(&node("10.0.0.2", "b-1", "ns-b")).unwrap();
+        assert!(!b.views.borrow_and_update().clusters.contains_key("outbound|80||a.ns-a.svc.cluster.local"));
+        // A Sidecar selecting app=wide imports everything; relabel the pod.
+        put_yaml(
+            &store,
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: wide, namespace: ns-b}\nspec:\n  workloadSelector: {labels: {app: wide}}\n  egress: [{hosts: [\"*/*\"]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b-1, namespace: ns-b, labels: {app: wide}}\nstatus: {podIP: 10.0.0.2}\n",
+        )
+        .await;
+        let view = next_view(&mut b).await;
+        assert!(view.clusters.contains_key("outbound|80||a.ns-a.svc.cluster.local"), "{:?}", view.clusters.keys());
+    }
 }
