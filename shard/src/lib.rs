@@ -19,6 +19,7 @@ pub mod ads;
 pub mod debounce;
 pub mod debug;
 pub mod generate;
+pub mod membership;
 pub mod resources;
 pub mod runtime;
 pub mod snapshot;
