@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod roles;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -25,12 +26,19 @@ enum Command {
     Up(up::UpArgs),
     /// Parse and validate a directory (or file) of Istio/Kubernetes YAML, and print every finding.
     Validate(up::ValidateArgs),
+    /// Sharded topology: serve proxies relayed by the frontends; registers itself under a lease.
+    Shard(roles::shard::ShardArgs),
+    /// Sharded topology: relay each proxy's ADS stream to the shard that owns it.
+    Frontend(roles::frontend::FrontendArgs),
+    /// Sharded topology: keep a directory of YAML in the shared store.
+    RegistrySync(roles::registry_sync::RegistrySyncArgs),
 }
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("MESHPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -44,6 +52,9 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Validate(args) => up::validate(args),
+            Command::Shard(args) => roles::shard::run(args).await,
+            Command::Frontend(args) => roles::frontend::run(args).await,
+            Command::RegistrySync(args) => roles::registry_sync::run(args).await,
         }
     });
     match result {
