@@ -68,7 +68,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut directory = source.spawn(store.clone(), wait_for(shutdown_rx.clone()));
 
     let shard = Shard::new(store.clone(), ShardConfig::default());
-    let shard_task = tokio::spawn(shard.clone().run(shutdown_rx.clone()));
     let ads = AdsServer::new(Arc::new(shard.clone()));
     let metrics = ads.metrics();
 
@@ -92,6 +91,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+    // Serve only once the directory's first load is in the store: a shard
+    // that listed a half-loaded (or, with --data-dir, stale) store would tell
+    // reconnecting proxies to drop config they should keep. Until then the
+    // ADS server refuses streams with UNAVAILABLE and proxies retry.
+    let shard_task = tokio::spawn(shard.clone().run(shutdown_rx.clone()));
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
