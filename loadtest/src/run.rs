@@ -126,6 +126,27 @@ pub struct RunArgs {
     pub worker_exe: Option<PathBuf>,
 }
 
+impl RunArgs {
+    /// Parse `loadtest run` arguments (without the program and subcommand
+    /// names), e.g. for tests driving loadtest as a library.
+    pub fn parse_from<I, T>(args: I) -> Result<RunArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{FromArgMatches as _, Parser};
+        #[derive(Parser)]
+        #[command(name = "loadtest-run")]
+        struct Wrapper {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let args = std::iter::once(std::ffi::OsString::from("loadtest-run")).chain(args.into_iter().map(Into::into));
+        let matches = <Wrapper as clap::CommandFactory>::command().try_get_matches_from(args)?;
+        Ok(Wrapper::from_arg_matches(&matches)?.run)
+    }
+}
+
 struct ChangeState {
     spec: ProbeSpec,
     kind: &'static str,
