@@ -33,6 +33,8 @@ pub struct EnvoyOptions {
     pub metadata: Map<String, Value>,
     /// The control plane's xDS (gRPC) address.
     pub xds_addr: SocketAddr,
+    /// More xDS addresses (e.g. a second frontend): Envoy fails over to them.
+    pub more_xds_addrs: Vec<SocketAddr>,
     pub api: XdsApi,
     /// Admin port; `None` lets the OS pick a free one (no race).
     pub admin_port: Option<u16>,
@@ -53,6 +55,7 @@ impl EnvoyOptions {
             cluster: None,
             metadata,
             xds_addr,
+            more_xds_addrs: Vec::new(),
             api: XdsApi::Delta,
             admin_port: None,
             admin_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -69,6 +72,12 @@ impl EnvoyOptions {
     /// Sets one metadata key.
     pub fn with_metadata(mut self, key: &str, value: Value) -> Self {
         self.metadata.insert(key.to_string(), value);
+        self
+    }
+
+    /// Adds xDS endpoints after the first one.
+    pub fn with_more_xds_addrs(mut self, addrs: &[SocketAddr]) -> Self {
+        self.more_xds_addrs.extend_from_slice(addrs);
         self
     }
 
@@ -121,12 +130,13 @@ impl EnvoyOptions {
                     },
                     "load_assignment": {
                         "cluster_name": "xds-grpc",
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                            "socket_address": {
-                                "address": self.xds_addr.ip().to_string(),
-                                "port_value": self.xds_addr.port(),
-                            }
-                        }}}]}],
+                        "endpoints": [{"lb_endpoints": std::iter::once(&self.xds_addr)
+                            .chain(&self.more_xds_addrs)
+                            .map(|a| json!({"endpoint": {"address": {"socket_address": {
+                                "address": a.ip().to_string(),
+                                "port_value": a.port(),
+                            }}}}))
+                            .collect::<Vec<_>>()}],
                     },
                 }],
             },

@@ -31,6 +31,7 @@ pub mod http;
 pub mod meshplane;
 pub mod net;
 pub mod process;
+pub mod topology;
 pub mod wait;
 
 pub use echo::{EchoBackend, FailMode};

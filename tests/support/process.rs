@@ -172,7 +172,7 @@ impl Drop for Proc {
                 self.log_tail(60),
                 self.kind
             );
-        } else {
+        } else if std::env::var_os("MESHPLANE_KEEP_ARTIFACTS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
