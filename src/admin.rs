@@ -20,6 +20,8 @@ pub struct AdminState {
     pub shard: Shard,
     pub directory: watch::Receiver<SourceStatus>,
     pub ads: Arc<AdsMetrics>,
+    /// Everything `/metrics` reports (istiod metric names where they exist).
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 pub async fn serve(
@@ -29,6 +31,7 @@ pub async fn serve(
 ) {
     let app = axum::Router::new()
         .route("/ready", get(ready))
+        .route("/metrics", get(|State(s): State<AdminState>| async move { crate::roles::metrics_response(&s.metrics) }))
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/connections", get(connections))
         .route("/debug/configz", get(configz))

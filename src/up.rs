@@ -18,6 +18,8 @@ use meshplane_shard::runtime::{Shard, ShardConfig};
 use meshplane_store::{EmbeddedStore, Store};
 use tokio::sync::watch;
 
+use crate::roles::{bind, shutdown_signal, stop_server, wait_for};
+
 /// How long open xDS streams may take to end after a shutdown signal.
 const XDS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -56,12 +58,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         None => Arc::new(EmbeddedStore::in_memory()),
     };
     // Bind both ports first, so a port in use fails fast with a clear message.
-    let xds_listener = tokio::net::TcpListener::bind(args.xds_addr).await.with_context(|| {
-        format!("cannot listen for xDS on {} (--xds-addr); is another control plane running?", args.xds_addr)
-    })?;
-    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
-        .await
-        .with_context(|| format!("cannot listen for admin on {} (--admin-addr)", args.admin_addr))?;
+    let xds_listener = bind(args.xds_addr, "--xds-addr").await?;
+    let admin_listener = bind(args.admin_addr, "--admin-addr").await?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let source = DirectorySource::new(DirectoryConfig::new(&args.config_dir, &args.cluster_id))?;
@@ -71,7 +69,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let ads = AdsServer::new(Arc::new(shard.clone()));
     let metrics = ads.metrics();
 
-    let admin = crate::admin::AdminState { shard: shard.clone(), directory: directory.status(), ads: metrics };
+    let mut registry = prometheus_client::registry::Registry::default();
+    crate::roles::metrics::register_ads(&mut registry, metrics.clone());
+    crate::roles::metrics::register_shard(&mut registry, shard.clone(), watch::channel(true).1);
+    crate::roles::metrics::register_directory(&mut registry, directory.status());
+    let admin = crate::admin::AdminState {
+        shard: shard.clone(),
+        directory: directory.status(),
+        ads: metrics,
+        metrics: Arc::new(registry),
+    };
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin, wait_for(shutdown_rx.clone())));
 
     let xds_task = tokio::spawn(
@@ -101,11 +108,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let _ = shutdown_tx.send(true);
     // The listener is closed at once; ADS streams never end by themselves, so
     // give them a moment to finish, then close them (proxies reconnect).
-    let xds_abort = xds_task.abort_handle();
-    if tokio::time::timeout(XDS_DRAIN, xds_task).await.is_err() {
-        tracing::info!(after = ?XDS_DRAIN, "closing the remaining xDS streams");
-        xds_abort.abort();
-    }
+    stop_server(xds_task, XDS_DRAIN).await;
     let _ = shard_task.await;
     let _ = admin_task.await;
     if let Err(e) = directory.join().await {
@@ -116,30 +119,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 fn tokio_stream_listener(listener: tokio::net::TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
     tokio_stream::wrappers::TcpListenerStream::new(listener)
-}
-
-async fn wait_for(mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// `meshplane validate`: print every diagnostic; exit 1 if any is an error.

@@ -514,6 +514,17 @@ spec:
         log.contains("proxy rejected config (NACK)") && log.contains("client-2.shop"),
         "meshplane logs B's NACK with its proxy id:\n{log}"
     );
+    // The rejects and connections show on /metrics under istiod's names.
+    let metrics = shop.mesh.admin_get("/metrics").text();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
+    };
+    assert!(value("pilot_total_xds_rejects ") >= 2.0, "{metrics}");
+    assert_eq!(value("pilot_xds "), 2.0, "two proxies connected: {metrics}");
+    assert!(metrics.contains("pilot_xds_pushes{type=\"rds\"}"), "{metrics}");
     // A's routing is unaffected by B's rejected route.
     let counts = tally(&shop, 20, "/", &[("x-token", "xx")]);
     assert_eq!(counts.get("v2"), Some(&20), "{counts:?}");
