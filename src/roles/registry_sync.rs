@@ -16,7 +16,6 @@ use axum::response::{Json, Response};
 use axum::routing::get;
 use meshplane_registry_sync::directory::{DirectoryConfig, DirectorySource, SourceStatus};
 use prometheus_client::registry::Registry;
-use serde_json::json;
 use tokio::sync::watch;
 
 use super::{StoreUrl, bind, open_store, readiness, serve_admin, shutdown_signal, wait_for};
@@ -96,19 +95,6 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     super::metrics_response(&state.registry)
 }
 
-/// The source's state: files, objects and every current diagnostic.
 async fn configz(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    let status = state.status.borrow().clone();
-    let summary = &status.summary;
-    Json(json!({
-        "ready": status.ready,
-        "watching": status.watching,
-        "last_revision": status.last_revision,
-        "store_error": status.store_error,
-        "objects": summary.objects,
-        "files": summary.files,
-        "files_with_errors": summary.files_with_errors,
-        "conflicts": summary.conflicts,
-        "diagnostics": summary.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-    }))
+    Json(crate::debug::configz(&state.status.borrow()))
 }

@@ -16,15 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{Json, Response};
 use axum::routing::get;
 use meshplane_model::key::{ShardRecord, valid_shard_id};
 use meshplane_shard::ads::{AdsMetrics, AdsServer};
 use meshplane_shard::membership::{MembershipOptions, RegistrationState, ShardRegistration};
 use meshplane_shard::runtime::{Shard, ShardConfig};
 use prometheus_client::registry::Registry;
-use serde_json::json;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -203,38 +201,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     super::metrics_response(&state.registry)
 }
 
-/// `?proxyID=NODE_ID`: everything that proxy is being served by this shard.
 async fn config_dump(State(state): State<AdminState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(id) = q.get("proxyID") else {
-        return (StatusCode::BAD_REQUEST, "give ?proxyID=NODE_ID (see /debug/connections)\n").into_response();
-    };
-    match state.shard.proxy_view(id) {
-        Some(c) => {
-            let mut body = meshplane_shard::debug::view_json(&c.view, q.get("bodies").is_none_or(|v| v != "false"));
-            body["proxy"] = json!(c.proxy_id);
-            body["namespace"] = json!(c.class.namespace);
-            body["labels"] = json!(c.class.labels);
-            Json(body).into_response()
-        }
-        None => (StatusCode::NOT_FOUND, format!("proxy {id:?} is not connected to this shard\n")).into_response(),
-    }
+    crate::debug::config_dump(&state.shard, &q)
 }
 
 async fn connections(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    let list: Vec<_> = state
-        .shard
-        .connections()
-        .into_iter()
-        .map(|c| {
-            json!({
-                "proxy": c.proxy_id,
-                "connection": c.connection,
-                "namespace": c.class.namespace,
-                "labels": c.class.labels,
-                "revision": c.view.revision,
-                "resources": meshplane_shard::runtime::view_summary(&c.view),
-            })
-        })
-        .collect();
-    Json(json!({"connected": state.ads.connected_proxies(), "proxies": list}))
+    Json(crate::debug::connections(&state.shard, &state.ads))
 }
