@@ -76,7 +76,7 @@ pub struct Target {
 /// Why a connection ended.
 enum End {
     /// Lost, refused or closed by the server: reconnect after a backoff.
-    Lost,
+    Lost(&'static str),
     /// The coordinator asked every proxy to reconnect now.
     Reconnect,
     Stop,
@@ -151,9 +151,10 @@ pub async fn run(
                 }
                 end
             }
-            Err(_) => {
+            Err(e) => {
                 Stats::add(&shared.stats.connect_errors, 1);
-                End::Lost
+                shared.note_error(format!("cannot connect: {e}"));
+                End::Lost("connect failed")
             }
         };
         match end {
@@ -162,7 +163,10 @@ pub async fn run(
                 backoff = Duration::from_millis(500);
                 wait_until = None;
             }
-            End::Lost => {
+            End::Lost(why) => {
+                if !matches!(why, "connect failed") {
+                    shared.note_error(format!("connection lost: {why}"));
+                }
                 wait_until = Some(Instant::now() + backoff + jitter(seed, backoff));
                 backoff = (backoff * 2).min(Duration::from_secs(8));
             }
@@ -230,6 +234,11 @@ struct Conn {
     continuation: Option<(u32, Vec<u8>, bool)>,
     hpack: hpack::Decoder,
     goaway: bool,
+}
+
+enum ReadError {
+    Io(std::io::ErrorKind),
+    Protocol(String),
 }
 
 enum Wake {
@@ -323,7 +332,7 @@ impl Conn {
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return End::Lost,
+                    Err(_) => return End::Lost("write failed"),
                 }
             }
             let next_timer = self.slots.iter().filter_map(|s| s.reopen_at).min();
@@ -338,11 +347,21 @@ impl Conn {
                 }
             };
             match wake {
-                Wake::Read(Err(_)) | Wake::Write(Err(_)) => return End::Lost,
+                Wake::Read(Err(_)) | Wake::Write(Err(_)) => return End::Lost("socket error"),
                 Wake::Write(Ok(())) => {}
                 Wake::Read(Ok(())) => match self.read(shared, proxies) {
                     Ok(true) => {}
-                    Ok(false) | Err(_) => return End::Lost,
+                    Ok(false) => return End::Lost("closed by the server"),
+                    Err(ReadError::Io(kind)) => {
+                        return End::Lost(match kind {
+                            std::io::ErrorKind::ConnectionReset => "connection reset",
+                            _ => "read error",
+                        });
+                    }
+                    Err(ReadError::Protocol(e)) => {
+                        shared.note_error(format!("HTTP/2 protocol error: {e}"));
+                        return End::Lost("protocol error");
+                    }
                 },
                 Wake::Control(false) => return End::Stop,
                 Wake::Control(true) => {
@@ -355,7 +374,7 @@ impl Conn {
                     for (i, proxy) in proxies.iter_mut().enumerate() {
                         if self.slots[i].reopen_at.is_some_and(|t| t <= now) {
                             if self.goaway {
-                                return End::Lost;
+                                return End::Lost("GOAWAY from the server");
                             }
                             if self.open_streams() < self.peer_max_streams {
                                 self.open(i, shared, target, proxy);
@@ -370,14 +389,14 @@ impl Conn {
     }
 
     /// Read what is available and process complete frames. `Ok(false)`: closed.
-    fn read(&mut self, shared: &Shared, proxies: &mut [Proxy]) -> Result<bool, String> {
+    fn read(&mut self, shared: &Shared, proxies: &mut [Proxy]) -> Result<bool, ReadError> {
         loop {
             self.rbuf.reserve(32 * 1024);
             match self.tcp.try_read_buf(&mut self.rbuf) {
                 Ok(0) => return Ok(false),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(ReadError::Io(e.kind())),
             }
             let mut buf = std::mem::take(&mut self.rbuf);
             let mut pos = 0;
@@ -385,7 +404,9 @@ impl Conn {
                 let h = &buf[pos..pos + 9];
                 let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
                 if len > MAX_FRAME {
-                    return Err(format!("frame of {len} bytes exceeds our SETTINGS_MAX_FRAME_SIZE"));
+                    return Err(ReadError::Protocol(format!(
+                        "frame of {len} bytes exceeds our SETTINGS_MAX_FRAME_SIZE"
+                    )));
                 }
                 if buf.len() - pos < 9 + len {
                     break;
@@ -393,7 +414,7 @@ impl Conn {
                 let (ty, flags) = (h[3], h[4]);
                 let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
                 let payload = &buf[pos + 9..pos + 9 + len];
-                self.frame(ty, flags, stream, payload, shared, proxies)?;
+                self.frame(ty, flags, stream, payload, shared, proxies).map_err(ReadError::Protocol)?;
                 pos += 9 + len;
             }
             if pos == buf.len() {

@@ -121,6 +121,10 @@ pub struct RunArgs {
     /// No live progress on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Impersonate only the first K workloads of --mesh (in turn): fewer
+    /// distinct proxy classes, to separate per-connection from per-class costs.
+    #[arg(long)]
+    pub workloads: Option<usize>,
     /// Executable for worker processes (default: this one).
     #[arg(long)]
     pub worker_exe: Option<PathBuf>,
@@ -398,7 +402,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     };
     let specs = match &args.mesh {
         Some(dir) => {
-            let listed = read_proxies(&dir.join("proxies.jsonl"))?;
+            let mut listed = read_proxies(&dir.join("proxies.jsonl"))?;
+            if let Some(k) = args.workloads {
+                listed.truncate(k.max(1));
+            }
             anyhow::ensure!(!listed.is_empty(), "{} lists no proxies", dir.join("proxies.jsonl").display());
             expand_proxies(&listed, args.proxies)
         }
