@@ -66,8 +66,9 @@
 //! ([`EtcdOptions::watch_retry_initial`] up to
 //! [`EtcdOptions::watch_retry_max`]), without the caller noticing anything
 //! but a pause: no revision is skipped or repeated. If the revision to resume
-//! from was compacted meanwhile, the stream yields [`WatchItem::Compacted`]
-//! and ends, and the caller relists. Only a refusal that retrying cannot fix
+//! from was compacted meanwhile, the stream yields
+//! [`WatchItem::Compacted`](crate::WatchItem::Compacted) and ends, and the
+//! caller relists. Only a refusal that retrying cannot fix
 //! (permissions) ends the stream with an error. HTTP/2 keep-alive pings
 //! ([`EtcdOptions::keep_alive_interval`]) detect a peer that vanished without
 //! closing the connection. The stream does nothing while it is not polled;
@@ -78,8 +79,10 @@
 //! acknowledged before it started, on any member. Writes are acknowledged once
 //! committed by a quorum. A write that fails with
 //! [`StoreError::Unavailable`] (a timeout, a lost connection) may or may not
-//! have been applied; nothing is retried automatically, so no write is ever
-//! applied twice.
+//! have been applied. The only requests retried automatically are those that
+//! were never sent because no connection could be made to the endpoint the
+//! channel picked: they are sent again at once, so with several endpoints a
+//! dead member costs no failed request, and no write is ever applied twice.
 //!
 //! ## Starting while etcd is down
 //! [`EtcdStore::connect`] does not contact etcd: the channel connects on the
@@ -130,6 +133,7 @@ use etcd_client::{
 pub use self::endpoints::{DEFAULT_CLIENT_PORT, SCHEME, parse_etcd_url};
 use self::failure::Failure;
 use crate::{Condition, KeyValue, LeaseId, ListResponse, Op, PutOptions, Revision, Store, StoreError, WatchStream};
+use tokio::time::Instant;
 
 /// Tuning of an [`EtcdStore`]. The defaults suit a production cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,12 +250,47 @@ impl EtcdStore {
 }
 
 impl Shared {
-    /// Run one etcd request under the request timeout.
-    async fn request<T>(&self, call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, Failure> {
-        match tokio::time::timeout(self.options.request_timeout, call).await {
-            Err(_) => Err(Failure::Unreachable(format!("no answer within {:?}", self.options.request_timeout))),
-            Ok(result) => result.map_err(|error| Failure::classify(&error)),
+    /// Run one etcd request (made by `call`) under the request timeout. A
+    /// request that could not be sent because no connection could be made to
+    /// the endpoint the channel picked is sent again at once, up to twice per
+    /// endpoint: another endpoint may be up, and an unsent request cannot
+    /// have been applied.
+    async fn request<T, Fut>(&self, mut call: impl FnMut() -> Fut) -> Result<T, Failure>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let timeout = self.options.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let attempts = 2 * self.endpoints.len();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match tokio::time::timeout_at(deadline, call()).await {
+                Err(_) => return Err(Failure::Unreachable(format!("no answer within {timeout:?}"))),
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(error)) => match Failure::classify(&error) {
+                    Failure::Unconnected(_) if attempt < attempts => continue,
+                    failure => return Err(failure),
+                },
+            }
         }
+    }
+
+    async fn range(&self, key: &[u8], options: GetOptions) -> Result<etcd_client::GetResponse, Failure> {
+        self.request(|| {
+            let (mut kv, options) = (self.kv.clone(), options.clone());
+            let key = key.to_vec();
+            async move { kv.get(key, Some(options)).await }
+        })
+        .await
+    }
+
+    async fn txn(&self, txn: etcd_client::Txn) -> Result<TxnResponse, Failure> {
+        self.request(|| {
+            let (mut kv, txn) = (self.kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
     }
 
     fn error(&self, operation: &str, failure: Failure) -> StoreError {
@@ -267,17 +306,14 @@ impl Shared {
     }
 
     async fn current_revision(&self) -> Result<Revision, Failure> {
-        let mut kv = self.kv.clone();
-        let response = self.request(kv.get(PROBE_KEY, Some(GetOptions::new().with_count_only()))).await?;
+        let response = self.range(PROBE_KEY, GetOptions::new().with_count_only()).await?;
         header_revision(response.header())
     }
 
     /// The store's compaction point: etcd's compaction revision + 1 (see the
     /// module docs), or 1 if etcd has compacted nothing past revision 1.
     async fn compaction_point(&self) -> Result<Revision, Failure> {
-        let mut kv = self.kv.clone();
-        let at_one = GetOptions::new().with_count_only().with_revision(1);
-        match self.request(kv.get(PROBE_KEY, Some(at_one))).await {
+        match self.range(PROBE_KEY, GetOptions::new().with_count_only().with_revision(1)).await {
             // etcd compacted at most at revision 1, the empty store, which
             // has no changes to lose: nothing the contract can tell apart.
             Ok(_) => return Ok(1),
@@ -285,20 +321,22 @@ impl Shared {
             Err(failure) => return Err(failure),
         }
         // etcd answers a watch started below its compaction revision with it.
-        let mut watch = self.watch.clone();
-        let probe = async {
-            let options = WatchOptions::new().with_start_revision(1);
-            let mut stream = watch.watch(PROBE_KEY, Some(options)).await?;
-            while let Some(response) = stream.message().await? {
-                if response.compact_revision() > 0 {
-                    return Ok(Ok(response.compact_revision() + 1));
+        let probe = || {
+            let mut watch = self.watch.clone();
+            async move {
+                let options = WatchOptions::new().with_start_revision(1);
+                let mut stream = watch.watch(PROBE_KEY, Some(options)).await?;
+                while let Some(response) = stream.message().await? {
+                    if response.compact_revision() > 0 {
+                        return Ok(Ok(response.compact_revision() + 1));
+                    }
+                    if response.canceled() {
+                        let reason = response.cancel_reason().to_owned();
+                        return Ok(Err(Failure::Unreachable(format!("etcd canceled a watch: {reason:?}"))));
+                    }
                 }
-                if response.canceled() {
-                    let reason = response.cancel_reason().to_owned();
-                    return Ok(Err(Failure::Unreachable(format!("etcd canceled a watch: {reason:?}"))));
-                }
+                Ok(Err(Failure::Unreachable("etcd ended a watch without an answer".to_owned())))
             }
-            Ok(Err(Failure::Unreachable("etcd ended a watch without an answer".to_owned())))
         };
         self.request(probe).await?
     }
@@ -318,9 +356,8 @@ impl Shared {
         if at >= 2 {
             // Revision `at` is below the compaction point unless etcd still
             // has revision `at - 1` (module docs: etcd's compaction + 1).
-            let mut kv = self.kv.clone();
             let before = GetOptions::new().with_count_only().with_revision(at - 1);
-            self.request(kv.get(PROBE_KEY, Some(before))).await.map_err(|f| (at, f))?;
+            self.range(PROBE_KEY, before).await.map_err(|f| (at, f))?;
         }
         let (mut start, range_end) = key_range(prefix);
         let mut revision = at;
@@ -330,8 +367,7 @@ impl Shared {
                 .with_range(range_end.clone())
                 .with_limit(i64::from(self.options.page_size.max(1)))
                 .with_revision(revision);
-            let mut kv = self.kv.clone();
-            let mut page = self.request(kv.get(start.clone(), Some(options))).await.map_err(|f| (revision, f))?;
+            let mut page = self.range(&start, options).await.map_err(|f| (revision, f))?;
             if revision == 0 {
                 revision = header_revision(page.header()).map_err(|f| (revision, f))?;
             }
@@ -350,11 +386,6 @@ impl Shared {
         }
         Ok(ListResponse { revision, kvs })
     }
-
-    async fn txn(&self, txn: etcd_client::Txn) -> Result<TxnResponse, Failure> {
-        let mut kv = self.kv.clone();
-        self.request(kv.txn(txn)).await
-    }
 }
 
 #[async_trait]
@@ -367,9 +398,10 @@ impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         check_key(key)?;
         let shared = &self.shared;
-        let mut kv = shared.kv.clone();
-        let mut response =
-            shared.request(kv.get(key, None)).await.map_err(|f| shared.error(&format!("get {key:?}"), f))?;
+        let mut response = shared
+            .range(key.as_bytes(), GetOptions::new())
+            .await
+            .map_err(|f| shared.error(&format!("get {key:?}"), f))?;
         Ok(response.take_kvs().into_iter().next().and_then(convert_owned_kv))
     }
 
@@ -412,8 +444,12 @@ impl Store for EtcdStore {
         let failed = |failure| shared.lease_error(options.lease, &operation(), failure);
         let condition = options.condition;
         if condition == Condition::None {
-            let mut kv = shared.kv.clone();
-            let response = shared.request(kv.put(key, value.to_vec(), put_options)).await.map_err(failed)?;
+            let put = || {
+                let (mut kv, options) = (shared.kv.clone(), put_options.clone());
+                let (key, value) = (key.to_owned(), value.to_vec());
+                async move { kv.put(key, value, options).await }
+            };
+            let response = shared.request(put).await.map_err(failed)?;
             return header_revision(response.header()).map_err(|f| shared.error(&operation(), f));
         }
         let txn = etcd_client::Txn::new()
@@ -433,8 +469,11 @@ impl Store for EtcdStore {
         let operation = || format!("delete {key:?}");
         match condition {
             Condition::None => {
-                let mut kv = shared.kv.clone();
-                let response = shared.request(kv.delete(key, None)).await.map_err(|f| shared.error(&operation(), f))?;
+                let delete = || {
+                    let (mut kv, key) = (shared.kv.clone(), key.to_owned());
+                    async move { kv.delete(key, None).await }
+                };
+                let response = shared.request(delete).await.map_err(|f| shared.error(&operation(), f))?;
                 if response.deleted() == 0 {
                     return Ok(None);
                 }
@@ -527,8 +566,11 @@ impl Store for EtcdStore {
             return Ok(()); // The compaction point is at least 1.
         }
         // Compacting etcd at `revision - 1` keeps every change made at `revision`.
-        let mut kv = shared.kv.clone();
-        match shared.request(kv.compact(revision - 1, None)).await {
+        let compact = || {
+            let mut kv = shared.kv.clone();
+            async move { kv.compact(revision - 1, None).await }
+        };
+        match shared.request(compact).await {
             // etcd refuses to compact at or below its compaction revision: a no-op here.
             Ok(_) | Err(Failure::Compacted) => Ok(()),
             Err(failure) => Err(shared.error(&operation, failure)),
@@ -545,8 +587,11 @@ impl Store for EtcdStore {
             .map_err(|_| StoreError::Invalid(format!("a lease TTL of {ttl:?} is too long for etcd")))?;
         let shared = &self.shared;
         let operation = format!("a grant of a {seconds} s lease");
-        let mut lease = shared.lease.clone();
-        let response = shared.request(lease.grant(seconds, None)).await.map_err(|f| shared.error(&operation, f))?;
+        let grant = || {
+            let mut lease = shared.lease.clone();
+            async move { lease.grant(seconds, None).await }
+        };
+        let response = shared.request(grant).await.map_err(|f| shared.error(&operation, f))?;
         if !response.error().is_empty() {
             return Err(shared.error(&operation, Failure::Unreachable(response.error().to_owned())));
         }
@@ -556,13 +601,15 @@ impl Store for EtcdStore {
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
         let shared = &self.shared;
         let operation = format!("a keep-alive of lease {lease}");
-        let mut client: LeaseClient = shared.lease.clone();
         // The client's first exchange refreshes the lease but keeps the TTL to
         // itself; a second one on the same stream reports it.
-        let exchange = async {
-            let (mut keeper, mut responses) = client.keep_alive(lease.0).await?;
-            keeper.keep_alive().await?;
-            Ok(responses.message().await?.map(|response| response.ttl()))
+        let exchange = || {
+            let mut client: LeaseClient = shared.lease.clone();
+            async move {
+                let (mut keeper, mut responses) = client.keep_alive(lease.0).await?;
+                keeper.keep_alive().await?;
+                Ok(responses.message().await?.map(|response| response.ttl()))
+            }
         };
         match shared.request(exchange).await {
             Ok(Some(ttl)) if ttl > 0 => Ok(Duration::from_secs(ttl.unsigned_abs())),
@@ -577,8 +624,11 @@ impl Store for EtcdStore {
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
         let shared = &self.shared;
-        let mut client = shared.lease.clone();
-        match shared.request(client.revoke(lease.0)).await {
+        let revoke = || {
+            let mut client = shared.lease.clone();
+            async move { client.revoke(lease.0).await }
+        };
+        match shared.request(revoke).await {
             Ok(_) => Ok(()),
             Err(failure) => Err(shared.lease_error(Some(lease), &format!("a revoke of lease {lease}"), failure)),
         }
@@ -711,7 +761,9 @@ mod tests {
         assert_eq!(store.endpoints(), ["127.0.0.1:1"]);
         match store.revision().await {
             Err(StoreError::Unavailable(message)) => {
-                assert!(message.contains("127.0.0.1:1") && message.contains("endpoint health"), "{message}")
+                for part in ["127.0.0.1:1", "tcp connect error", "refused", "endpoint health"] {
+                    assert!(message.contains(part), "{part:?} in {message}");
+                }
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }

@@ -6,6 +6,7 @@
 //! the backend handles differently; [`Failure::into_store_error`] is the
 //! fallback mapping once an operation has dealt with the cases it expects.
 
+use std::error::Error as _;
 use std::fmt;
 
 use tonic::Code;
@@ -30,15 +31,30 @@ pub(crate) enum Failure {
     /// etcd refused this client (authentication, permissions).
     Refused(String),
     /// etcd could not be reached or could not answer now (no leader,
-    /// connection refused or lost, timeout): worth retrying.
+    /// connection lost, timeout): worth retrying, but the request may have
+    /// been applied.
     Unreachable(String),
+    /// No connection could be made, so the request was never sent: worth
+    /// retrying at once (on another endpoint), and certainly not applied.
+    Unconnected(String),
 }
 
 impl Failure {
     pub(crate) fn classify(error: &etcd_client::Error) -> Failure {
         match error {
-            etcd_client::Error::GRpcStatus(status) => Failure::from_status(status.code(), status.message()),
-            etcd_client::Error::TransportError(e) => Failure::Unreachable(format!("transport error: {}", chain(e))),
+            etcd_client::Error::GRpcStatus(status) if caused_by_connect_error(status) => {
+                Failure::Unconnected(causes(status.message(), std::error::Error::source(status)))
+            }
+            etcd_client::Error::GRpcStatus(status) => {
+                let mut failure = Failure::from_status(status.code(), status.message());
+                // A status made from a transport failure keeps its cause
+                // ("Connection refused") in its sources.
+                if let Failure::Unreachable(detail) = &mut failure {
+                    *detail = causes(detail, std::error::Error::source(status));
+                }
+                failure
+            }
+            etcd_client::Error::TransportError(e) => Failure::Unreachable(causes("transport error", e.source())),
             etcd_client::Error::IoError(e) => Failure::Unreachable(format!("I/O error: {e}")),
             etcd_client::Error::LeaseKeepAliveError(message) if message.contains("not found") => Failure::LeaseNotFound,
             etcd_client::Error::InvalidArgs(message) => Failure::Rejected(message.clone()),
@@ -76,14 +92,14 @@ impl Failure {
 
     /// Worth retrying the same request later.
     pub(crate) fn is_transient(&self) -> bool {
-        matches!(self, Failure::Unreachable(_))
+        matches!(self, Failure::Unreachable(_) | Failure::Unconnected(_))
     }
 
     /// The generic mapping, with what the operator should check. `operation`
     /// names the request ("put /k"); `endpoints` the etcd endpoints in use.
     pub(crate) fn into_store_error(self, operation: &str, endpoints: &str) -> StoreError {
         match self {
-            Failure::Unreachable(detail) => StoreError::Unavailable(format!(
+            Failure::Unreachable(detail) | Failure::Unconnected(detail) => StoreError::Unavailable(format!(
                 "etcd at {endpoints} did not complete {operation}: {detail}; check that etcd is running and \
                  reachable from this host and has a leader (etcdctl --endpoints {endpoints} endpoint health), \
                  and that --store names its client URLs"
@@ -120,16 +136,30 @@ impl fmt::Display for Failure {
             Failure::LeaseNotFound => f.write_str("the lease was not found"),
             Failure::TooManyOps => f.write_str("too many operations in one transaction"),
             Failure::RequestTooLarge => f.write_str("the request is too large"),
-            Failure::Rejected(detail) | Failure::Refused(detail) | Failure::Unreachable(detail) => f.write_str(detail),
+            Failure::Rejected(detail)
+            | Failure::Refused(detail)
+            | Failure::Unreachable(detail)
+            | Failure::Unconnected(detail) => f.write_str(detail),
         }
     }
 }
 
-/// An error with its sources, which carry the useful part of transport errors
-/// ("tcp connect error: Connection refused").
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
+/// Whether tonic made this status from a failure to connect (the request was not sent).
+fn caused_by_connect_error(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if cause.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// `text` followed by the messages of `source` and its sources, each once:
+/// the useful part of a transport error ("Connection refused") is its last.
+fn causes(text: &str, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut text = text.to_owned();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {
@@ -174,6 +204,21 @@ mod tests {
             assert!(failure.is_transient(), "{code:?} is worth retrying");
         }
         assert!(!Failure::from_status(Code::InvalidArgument, "x").is_transient());
+    }
+
+    #[test]
+    fn a_failure_to_connect_is_known_to_be_unsent_and_keeps_its_cause() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let status = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        match Failure::classify(&etcd_client::Error::GRpcStatus(status)) {
+            Failure::Unconnected(detail) => assert!(detail.contains("Connection refused"), "{detail}"),
+            other => panic!("expected Unconnected, got {other:?}"),
+        }
+        let reset = tonic::Status::unavailable("error reading a body from connection");
+        assert!(
+            matches!(Failure::classify(&etcd_client::Error::GRpcStatus(reset)), Failure::Unreachable(_)),
+            "a failure after sending may have been applied"
+        );
     }
 
     #[test]
