@@ -52,5 +52,5 @@ curl -fs "http://$ADMIN/ready" >/dev/null || { echo "meshplane not ready after 6
 	echo "# $(date -u +%FT%TZ) $name: $proxies proxies, $SERVICES services x $PODS pods in $NAMESPACES namespaces"
 	echo "# loadtest run --proxies $proxies $*"
 } >"$out/loadtest.log"
-"$LOADTEST_BIN" run --xds "$XDS" --mesh "$mesh" --proxies "$proxies" --target-pid "$pid" \
+"$LOADTEST_BIN" run --xds "$XDS" --mesh "$mesh" --proxies "$proxies" --target-pid "$pid" --target-admin "$ADMIN" \
 	--report "$out/report.json" --plots "$out" "$@" 2>&1 | tee -a "$out/loadtest.log"

@@ -25,6 +25,7 @@ pub mod facts;
 pub mod hpack;
 pub mod intern;
 pub mod mesh;
+pub mod metrics;
 pub mod plot;
 pub mod probe;
 pub mod procstat;

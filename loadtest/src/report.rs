@@ -106,6 +106,10 @@ pub struct ChangeReport {
     /// Control-plane CPU seconds from the write until the change converged,
     /// per affected proxy.
     pub target_cpu_s_per_proxy: Option<f64>,
+    /// Milliseconds from the write until each watched control-plane metric
+    /// changed (`--target-admin`), e.g. the shard's snapshot revision.
+    #[serde(default)]
+    pub milestones_ms: std::collections::BTreeMap<String, Option<f64>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -121,6 +121,13 @@ pub struct RunArgs {
     /// No live progress on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Admin address of the control plane: its /metrics is polled after each
+    /// change to time the --watch-metric milestones.
+    #[arg(long)]
+    pub target_admin: Option<SocketAddr>,
+    /// Metrics whose change marks a milestone of a change inside the control plane.
+    #[arg(long, default_value = "meshplane_shard_snapshot_revision")]
+    pub watch_metric: Vec<String>,
     /// Impersonate only the first K workloads of --mesh (in turn): fewer
     /// distinct proxy classes, to separate per-connection from per-class costs.
     #[arg(long)]
@@ -162,6 +169,7 @@ struct ChangeState {
     times_ms: Vec<f64>,
     cpu_before: Option<f64>,
     cpu_per_proxy: Option<f64>,
+    milestones: Option<tokio::task::JoinHandle<crate::metrics::Milestones>>,
 }
 
 impl ChangeState {
@@ -371,6 +379,7 @@ impl Coord {
                 times_ms: Vec::new(),
                 cpu_before: None,
                 cpu_per_proxy: None,
+                milestones: None,
             },
         );
         self.broadcast(Command::Arm { probe: spec }).await;
@@ -378,9 +387,18 @@ impl Coord {
         let armed = self.pump_until(Instant::now() + Duration::from_secs(30), |c| c.changes[&id].armed >= n).await;
         anyhow::ensure!(armed, "workers did not arm change {id} within 30 s");
         let cpu_before = self.target_sample().map(|s| s.cpu_s);
+        let before = match self.args.target_admin {
+            Some(admin) => Some((admin, crate::metrics::values(admin, &self.args.watch_metric).await)),
+            None => None,
+        };
+        let since = Instant::now();
         let written = unix_ns();
         mesh.write_service(dir, i)?;
+        let timeout = Duration::from_secs_f64(self.args.change_timeout);
+        let names = self.args.watch_metric.clone();
         let c = self.changes.get_mut(&id).expect("change just inserted");
+        c.milestones = before
+            .map(|(admin, before)| tokio::spawn(crate::metrics::watch_changes(admin, names, before, since, timeout)));
         c.written_unix_ns = written;
         c.written_at_s = self.started.elapsed().as_secs_f64();
         c.cpu_before = cpu_before;
@@ -570,6 +588,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let mut all_ms: Vec<f64> = coord.changes.values().flat_map(|c| c.times_ms.iter().copied()).collect();
     all_ms.sort_by(f64::total_cmp);
     let affected_pairs: u64 = coord.changes.values().map(|c| c.affected).sum();
+    let mut milestones = BTreeMap::new();
+    for (id, c) in coord.changes.iter_mut() {
+        if let Some(handle) = c.milestones.take() {
+            milestones.insert(*id, handle.await.unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>());
+        }
+    }
     let changes: Vec<ChangeReport> = coord
         .changes
         .values()
@@ -587,6 +611,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 p99_ms: quantile(&t, 0.99),
                 max_ms: t.last().copied(),
                 target_cpu_s_per_proxy: c.cpu_per_proxy,
+                milestones_ms: milestones.remove(&c.spec.id).unwrap_or_default(),
             }
         })
         .collect();
