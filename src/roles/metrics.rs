@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use meshplane_frontend::membership::Membership;
-use meshplane_frontend::relay::RelayMetrics;
+use meshplane_frontend::relay::{RehomeReason, RelayMetrics};
 use meshplane_registry_sync::SourceStatus;
 use meshplane_shard::ads::AdsMetrics;
 use meshplane_shard::resources::ResourceType;
@@ -164,6 +164,7 @@ pub fn register_shard(registry: &mut Registry, shard: Shard, registered: watch::
 
 /// The frontend's relay metrics.
 pub fn register_relay(registry: &mut Registry, relay: Arc<RelayMetrics>, membership: watch::Receiver<Arc<Membership>>) {
+    registry.register_collector(Box::new(RehomeDurations(relay.clone())));
     register(registry, move || {
         let serving = membership.borrow().ring().len() as i64;
         vec![
@@ -204,8 +205,59 @@ pub fn register_relay(registry: &mut Registry, relay: Arc<RelayMetrics>, members
                 Kind::Gauge,
                 serving,
             ),
+            Family {
+                name: "meshplane_frontend_rehome_resources",
+                help: "Resources relayed to proxies by their new owner during re-homes, by reason.",
+                kind: Kind::Counter,
+                samples: by_reason(|r| relay.rehome_resources(r)),
+            },
+            Family {
+                name: "meshplane_frontend_rehome_bytes",
+                help: "Encoded bytes of the responses relayed to proxies during re-homes, by reason.",
+                kind: Kind::Counter,
+                samples: by_reason(|r| relay.rehome_bytes(r)),
+            },
+            Family::one(
+                "meshplane_frontend_relayed_resources",
+                "Resources relayed to proxies (every response).",
+                Kind::Counter,
+                relay.relayed_resources() as i64,
+            ),
+            Family::one(
+                "meshplane_frontend_relayed_bytes",
+                "Encoded bytes of every response relayed to proxies.",
+                Kind::Counter,
+                relay.relayed_bytes() as i64,
+            ),
         ]
     });
+}
+
+fn by_reason(value: impl Fn(RehomeReason) -> u64) -> Vec<(Vec<(&'static str, &'static str)>, i64)> {
+    RehomeReason::ALL.iter().map(|&r| (vec![("reason", r.label())], value(r) as i64)).collect()
+}
+
+/// `meshplane_frontend_rehome_duration_seconds{reason}`: from the decision
+/// to move a proxy until it converged on its new owner.
+#[derive(Debug)]
+struct RehomeDurations(Arc<RelayMetrics>);
+
+impl Collector for RehomeDurations {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let mut metric = encoder.encode_descriptor(
+            "meshplane_frontend_rehome_duration_seconds",
+            "Seconds from the decision to move a proxy to another shard until the new owner answered \
+             every type it owes and the proxy ACKed its responses, by reason.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for reason in RehomeReason::ALL {
+            let h = self.0.rehome_durations(reason);
+            let labels = [("reason", reason.label())];
+            metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
+        }
+        Ok(())
+    }
 }
 
 /// The directory source's metrics.
@@ -255,5 +307,25 @@ mod tests {
         assert!(text.contains("pilot_xds_pushes{type=\"cds\"} 0\n"), "{text}");
         assert!(text.contains("\npilot_total_xds_rejects 0\n"), "{text}");
         assert!(!text.contains("_total_total") && !text.contains("pilot_xds_pushes_total"), "{text}");
+    }
+
+    #[test]
+    fn relay_rehome_metrics_are_exposed() {
+        let mut registry = Registry::default();
+        let (_tx, membership) = watch::channel(Arc::new(Membership::default()));
+        register_relay(&mut registry, Arc::new(RelayMetrics::default()), membership);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("# TYPE meshplane_frontend_rehome_duration_seconds histogram\n"), "{text}");
+        assert!(
+            text.contains(
+                "meshplane_frontend_rehome_duration_seconds_bucket{reason=\"upstream_failure\",le=\"+Inf\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("meshplane_frontend_rehome_duration_seconds_count{reason=\"membership\"} 0\n"), "{text}");
+        assert!(text.contains("meshplane_frontend_rehome_resources_total{reason=\"membership\"} 0\n"), "{text}");
+        assert!(text.contains("meshplane_frontend_rehome_bytes_total{reason=\"upstream_failure\"} 0\n"), "{text}");
+        assert!(text.contains("\nmeshplane_frontend_relayed_bytes_total 0\n"), "{text}");
     }
 }

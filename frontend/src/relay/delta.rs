@@ -10,10 +10,12 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
+use super::rehome::{RehomeReason, Rehomed, Rehoming};
 use super::{RelayError, RelayEvent, TypeKey, node_id, parse_nonce, relay_nonce};
 
 /// Responses per type remembered while they await an ACK. One is in flight
@@ -31,6 +33,7 @@ pub struct DeltaRelay {
     connected: bool,
     types: BTreeMap<TypeKey, TypeState>,
     events: Vec<RelayEvent>,
+    rehoming: Rehoming,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +69,7 @@ impl DeltaRelay {
             connected: false,
             types: BTreeMap::new(),
             events: Vec::new(),
+            rehoming: Rehoming::default(),
         };
         relay.on_proxy_request(first)?;
         Ok(relay)
@@ -176,6 +180,7 @@ impl DeltaRelay {
             st.pending.pop_front();
         }
         resp.nonce = nonce;
+        self.rehoming.count(self.epoch, resp.resources.len(), &resp);
         resp
     }
 
@@ -219,6 +224,32 @@ impl DeltaRelay {
     /// NACKed: a replay now names exactly what the proxy holds.
     pub fn settled(&self) -> bool {
         self.types.values().all(|st| st.pending.iter().all(|p| p.epoch != self.epoch))
+    }
+
+    /// The edge decided to move the stream (now, before any
+    /// [`connect`](Self::connect) to the new owner); a re-home already in
+    /// progress keeps its start.
+    pub fn begin_rehome(&mut self, reason: RehomeReason, now: Instant) {
+        self.rehoming.begin(reason, now, self.epoch);
+    }
+
+    /// The move decided since the last [`connect`](Self::connect) is not
+    /// made after all (the owner did not change).
+    pub fn cancel_rehome(&mut self) {
+        self.rehoming.cancel(self.epoch);
+    }
+
+    /// The re-home in progress, once complete: the new owner has answered
+    /// every wildcard type (see the `rehome` module) and the proxy has answered each of its responses.
+    pub fn rehome_completed(&mut self, now: Instant) -> Option<Rehomed> {
+        if !self.rehoming.active() {
+            return None;
+        }
+        // A Delta server answers a first wildcard request even when nothing
+        // differs, and a named subscription only when something does.
+        let owed = self.types.iter().all(|(key, st)| !key.known() || !st.wildcard || st.answered);
+        let converged = self.connected && owed && self.settled();
+        self.rehoming.complete(self.epoch, now, converged)
     }
 
     /// Events produced so far.

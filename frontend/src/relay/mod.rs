@@ -76,10 +76,12 @@
 use envoy_types::pb::envoy::config::core::v3::Node;
 
 mod delta;
+mod rehome;
 mod server;
 mod sotw;
 
 pub use delta::DeltaRelay;
+pub use rehome::{HistogramSnapshot, REHOME_BUCKETS, RehomeReason, Rehomed};
 pub use server::{RelayConfig, RelayMetrics, RelayServer};
 pub use sotw::SotwRelay;
 
@@ -133,6 +135,11 @@ impl TypeKey {
 
     fn url(&self) -> &str {
         &self.1
+    }
+
+    /// One of the types meshplane serves (the others a shard ignores).
+    fn known(&self) -> bool {
+        self.0 < PUSH_ORDER.len()
     }
 
     /// Whether an empty first subscription means "everything" (CDS, LDS).

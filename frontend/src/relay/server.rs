@@ -54,7 +54,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::rehome::RehomeStats;
 use super::{DeltaRelay, RelayError, RelayEvent, SotwRelay};
+use super::{HistogramSnapshot, RehomeReason, Rehomed};
 use crate::membership::{Membership, ShardEntry};
 
 /// Responses buffered per stream toward the proxy.
@@ -104,6 +106,9 @@ pub struct RelayMetrics {
     upstream_errors: AtomicU64,
     stale_acks: AtomicU64,
     stale_nacks: AtomicU64,
+    rehome: RehomeStats,
+    relayed_resources: AtomicU64,
+    relayed_bytes: AtomicU64,
 }
 
 impl RelayMetrics {
@@ -141,6 +146,32 @@ impl RelayMetrics {
     /// NACKs of an earlier upstream's responses, absorbed by the relay.
     pub fn stale_nacks(&self) -> u64 {
         self.stale_nacks.load(Ordering::Relaxed)
+    }
+
+    /// Completed re-homes: seconds from the decision to move until the
+    /// proxy converged on the new owner.
+    pub fn rehome_durations(&self, reason: RehomeReason) -> HistogramSnapshot {
+        self.rehome.durations(reason)
+    }
+
+    /// Resources relayed to proxies by their new owners during re-homes.
+    pub fn rehome_resources(&self, reason: RehomeReason) -> u64 {
+        self.rehome.resources(reason)
+    }
+
+    /// Encoded bytes of the responses relayed during re-homes.
+    pub fn rehome_bytes(&self, reason: RehomeReason) -> u64 {
+        self.rehome.bytes(reason)
+    }
+
+    /// Resources relayed to proxies, in every response.
+    pub fn relayed_resources(&self) -> u64 {
+        self.relayed_resources.load(Ordering::Relaxed)
+    }
+
+    /// Encoded bytes of every response relayed to proxies.
+    pub fn relayed_bytes(&self) -> u64 {
+        self.relayed_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -337,6 +368,11 @@ trait RelayCore: Sized + Send + 'static {
     fn disconnect(&mut self);
     fn settled(&self) -> bool;
     fn take_events(&mut self) -> Vec<RelayEvent>;
+    fn begin_rehome(&mut self, reason: RehomeReason, now: std::time::Instant);
+    fn cancel_rehome(&mut self);
+    fn rehome_completed(&mut self, now: std::time::Instant) -> Option<Rehomed>;
+    /// Resources in a response, and its encoded size.
+    fn response_size(resp: &Self::Response) -> (usize, usize);
     fn open(
         client: AggregatedDiscoveryServiceClient<Channel>,
         requests: ReceiverStream<Self::Request>,
@@ -373,6 +409,18 @@ impl RelayCore for DeltaRelay {
     }
     fn take_events(&mut self) -> Vec<RelayEvent> {
         DeltaRelay::take_events(self)
+    }
+    fn begin_rehome(&mut self, reason: RehomeReason, now: std::time::Instant) {
+        DeltaRelay::begin_rehome(self, reason, now)
+    }
+    fn cancel_rehome(&mut self) {
+        DeltaRelay::cancel_rehome(self)
+    }
+    fn rehome_completed(&mut self, now: std::time::Instant) -> Option<Rehomed> {
+        DeltaRelay::rehome_completed(self, now)
+    }
+    fn response_size(resp: &Self::Response) -> (usize, usize) {
+        (resp.resources.len(), prost::Message::encoded_len(resp))
     }
     fn open(
         mut client: AggregatedDiscoveryServiceClient<Channel>,
@@ -412,6 +460,18 @@ impl RelayCore for SotwRelay {
     }
     fn take_events(&mut self) -> Vec<RelayEvent> {
         SotwRelay::take_events(self)
+    }
+    fn begin_rehome(&mut self, reason: RehomeReason, now: std::time::Instant) {
+        SotwRelay::begin_rehome(self, reason, now)
+    }
+    fn cancel_rehome(&mut self) {
+        SotwRelay::cancel_rehome(self)
+    }
+    fn rehome_completed(&mut self, now: std::time::Instant) -> Option<Rehomed> {
+        SotwRelay::rehome_completed(self, now)
+    }
+    fn response_size(resp: &Self::Response) -> (usize, usize) {
+        (resp.resources.len(), prost::Message::encoded_len(resp))
     }
     fn open(
         mut client: AggregatedDiscoveryServiceClient<Channel>,
@@ -501,6 +561,8 @@ where
                         to = ?owner.as_ref().map(|o| &o.record.id), "moving to the new owner shard");
                     shared.metrics.rehomes_membership.fetch_add(1, Ordering::Relaxed);
                     self.drop_upstream();
+                } else {
+                    self.core.cancel_rehome();
                 }
             }
             if self.upstream.is_none() && retry_at.is_none_or(|t| Instant::now() >= t) {
@@ -567,6 +629,9 @@ where
                 },
                 resp = next_response(&mut self.upstream) => match resp {
                     Ok(Some(resp)) => {
+                        let (resources, bytes) = C::response_size(&resp);
+                        shared.metrics.relayed_resources.fetch_add(resources as u64, Ordering::Relaxed);
+                        shared.metrics.relayed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                         let resp = self.core.on_upstream_response(resp);
                         if self.tx.send(Ok(resp)).await.is_err() {
                             break;
@@ -595,6 +660,7 @@ where
                         let current = self.upstream.as_ref().map(|u| &u.shard.record.id);
                         if owner.as_ref().map(|o| &o.record.id) != current {
                             move_by = Some(Instant::now() + config.settle_grace);
+                            self.core.begin_rehome(RehomeReason::Membership, std::time::Instant::now());
                         }
                     }
                 }
@@ -657,10 +723,17 @@ where
         }
         self.shared.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.rehomes_failure.fetch_add(1, Ordering::Relaxed);
+        self.core.begin_rehome(RehomeReason::UpstreamFailure, std::time::Instant::now());
         self.drop_upstream();
     }
 
     fn flush_events(&mut self) {
+        if let Some(done) = self.core.rehome_completed(std::time::Instant::now()) {
+            self.shared.metrics.rehome.record(&done);
+            tracing::debug!(target: "meshplane_frontend::rehome", proxy = %self.core.node_id(),
+                reason = done.reason.label(), duration_ms = done.duration.as_secs_f64() * 1e3,
+                resources = done.resources, bytes = done.bytes, epoch = self.core.epoch(), "re-homed");
+        }
         for event in self.core.take_events() {
             match event {
                 RelayEvent::StaleAck { type_url, nonce } => {

@@ -9,10 +9,12 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
+use super::rehome::{RehomeReason, Rehomed, Rehoming};
 use super::{RelayError, RelayEvent, TypeKey, node_id, parse_nonce, relay_nonce};
 
 /// The sans-IO relay state of one State-of-the-World ADS stream.
@@ -24,6 +26,7 @@ pub struct SotwRelay {
     connected: bool,
     types: BTreeMap<TypeKey, TypeState>,
     events: Vec<RelayEvent>,
+    rehoming: Rehoming,
 }
 
 #[derive(Debug)]
@@ -48,6 +51,7 @@ impl SotwRelay {
             connected: false,
             types: BTreeMap::new(),
             events: Vec::new(),
+            rehoming: Rehoming::default(),
         };
         relay.on_proxy_request(first)?;
         Ok(relay)
@@ -117,6 +121,7 @@ impl SotwRelay {
         st.answered = true;
         st.awaiting = Some(nonce.clone());
         resp.nonce = nonce;
+        self.rehoming.count(self.epoch, resp.resources.len(), &resp);
         resp
     }
 
@@ -144,6 +149,31 @@ impl SotwRelay {
     /// Whether the proxy has answered every response of the current upstream.
     pub fn settled(&self) -> bool {
         self.types.values().all(|st| st.awaiting.is_none())
+    }
+
+    /// The edge decided to move the stream (now, before any
+    /// [`connect`](Self::connect) to the new owner); a re-home already in
+    /// progress keeps its start.
+    pub fn begin_rehome(&mut self, reason: RehomeReason, now: Instant) {
+        self.rehoming.begin(reason, now, self.epoch);
+    }
+
+    /// The move decided since the last [`connect`](Self::connect) is not
+    /// made after all (the owner did not change).
+    pub fn cancel_rehome(&mut self) {
+        self.rehoming.cancel(self.epoch);
+    }
+
+    /// The re-home in progress, once complete: the new owner has answered
+    /// every type and the proxy has answered each of its responses.
+    pub fn rehome_completed(&mut self, now: Instant) -> Option<Rehomed> {
+        if !self.rehoming.active() {
+            return None;
+        }
+        // A SotW server answers the first request of every type.
+        let owed = self.types.iter().all(|(key, st)| !key.known() || st.answered);
+        let converged = self.connected && owed && self.settled();
+        self.rehoming.complete(self.epoch, now, converged)
     }
 
     /// Events produced so far.
