@@ -129,16 +129,16 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, LeaseClient, TxnOp, TxnOpResponse, TxnResponse,
     WatchClient, WatchOptions,
 };
+use tokio::time::Instant;
 
 pub use self::endpoints::{DEFAULT_CLIENT_PORT, SCHEME, parse_etcd_url};
 use self::failure::Failure;
 use crate::{Condition, KeyValue, LeaseId, ListResponse, Op, PutOptions, Revision, Store, StoreError, WatchStream};
-use tokio::time::Instant;
 
 /// Tuning of an [`EtcdStore`]. The defaults suit a production cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdOptions {
-    /// Keys per `list` page. Default 1000.
+    /// Keys per `list` page (at least 1). Default 1000.
     pub page_size: u32,
     /// How long one request (one list page, one write) may take before it
     /// fails with [`StoreError::Unavailable`]. Default 10 s.
@@ -185,12 +185,12 @@ pub struct EtcdStore {
     shared: Arc<Shared>,
 }
 
-pub(crate) struct Shared {
+struct Shared {
     /// Owns the channel's endpoint set.
     _client: Client,
     kv: KvClient,
     watch: WatchClient,
-    lease: etcd_client::LeaseClient,
+    lease: LeaseClient,
     endpoints: Vec<String>,
     /// The endpoints as one string, for messages.
     endpoint_list: String,
@@ -349,9 +349,9 @@ impl Shared {
         }
     }
 
-    /// Every live key in `[key, range_end)` at `at` (0: now), page by page at
-    /// one revision. On failure, also the revision the pages were read at (0
-    /// if none was read).
+    /// Every live key under `prefix` at `at` (0: now), page by page at one
+    /// revision. On failure, also the revision the pages were read at (0 if
+    /// none was read yet).
     async fn list_pages(&self, prefix: &str, at: Revision) -> Result<ListResponse, (Revision, Failure)> {
         if at >= 2 {
             // Revision `at` is below the compaction point unless etcd still
@@ -669,7 +669,7 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<Revis
 }
 
 /// The etcd key range `[key, range_end)` of a byte prefix.
-pub(crate) fn key_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+fn key_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
     let prefix = prefix.as_bytes();
     if prefix.is_empty() {
         // etcd's "every key": from "\0" to the end of the keyspace.
@@ -686,7 +686,7 @@ pub(crate) fn key_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
     (prefix.to_vec(), vec![0])
 }
 
-pub(crate) fn convert_key(key: &[u8]) -> Option<String> {
+fn convert_key(key: &[u8]) -> Option<String> {
     match std::str::from_utf8(key) {
         Ok(key) => Some(key.to_owned()),
         Err(_) => {
@@ -707,7 +707,7 @@ fn lease_of(id: i64) -> Option<LeaseId> {
     (id != 0).then_some(LeaseId(id))
 }
 
-pub(crate) fn convert_kv(kv: &etcd_client::KeyValue) -> Option<KeyValue> {
+fn convert_kv(kv: &etcd_client::KeyValue) -> Option<KeyValue> {
     Some(KeyValue {
         key: convert_key(kv.key())?,
         value: Bytes::copy_from_slice(kv.value()),

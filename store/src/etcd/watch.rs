@@ -117,7 +117,7 @@ enum Step {
     Fatal(StoreError),
 }
 
-pub(crate) fn follow(shared: Arc<Shared>, prefix: &str, from: Revision) -> WatchStream {
+pub(super) fn follow(shared: Arc<Shared>, prefix: &str, from: Revision) -> WatchStream {
     let backoff = Backoff::new(shared.options.watch_retry_initial, shared.options.watch_retry_max);
     let follower = Follower {
         shared,
