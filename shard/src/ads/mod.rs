@@ -47,6 +47,18 @@
 //!   [`StreamEvent::StaleNonce`].
 //! - Unknown type URLs are reported ([`StreamEvent::UnknownType`]) and
 //!   otherwise ignored: the proxy keeps the stream and its other types.
+//!
+//! ## Catching up before the first response
+//! A frontend that re-homes a proxy says, in [`MIN_REVISION_HEADER`], the
+//! highest store revision the proxy has been sent. This shard's snapshot may
+//! lag the previous owner's by a debounce; answering the replay from it
+//! would withdraw what the proxy was just sent and re-add it moments later.
+//! So the stream is subscribed at once (the response headers go out, the
+//! proxy's view follows every rebuild), but its first request is handled
+//! only once [`ViewSource::revisions`] reaches that revision, or after
+//! [`AdsServer::with_catch_up_timeout`] (5 s by default: then it is served
+//! from what the shard has, with a warning naming the proxy and both
+//! revisions).
 
 use std::sync::Arc;
 
@@ -66,11 +78,31 @@ pub use sotw::SotwStream;
 #[cfg(test)]
 mod tests;
 
+/// The gRPC metadata key a frontend sets on the stream it opens to a shard:
+/// the highest store revision the proxy has been sent (by any shard). The
+/// shard holds the stream's first response until its views reflect that
+/// revision (see [`ViewSource::revisions`]), so a re-homed proxy is never
+/// answered from a snapshot older than what it already holds.
+pub const MIN_REVISION_HEADER: &str = "x-meshplane-min-revision";
+
 /// Where the ADS server gets each proxy's view.
 pub trait ViewSource: Send + Sync + 'static {
     /// Called with the Node of the first request. Resolves the proxy and
     /// returns a subscription to its view.
     fn subscribe(&self, node: &Node) -> Result<ProxySubscription, SubscribeError>;
+
+    /// The store revision the views reflect, as it advances: once it reads
+    /// `r`, every store change up to `r` is in every view the source hands
+    /// out (a view's own `revision` may be older: unchanged content keeps
+    /// the revision it was first generated at). A stream whose request
+    /// carries [`MIN_REVISION_HEADER`] waits for it (bounded) before its
+    /// first response.
+    ///
+    /// `None`, the default: the source has no notion of revision, and
+    /// streams never wait.
+    fn revisions(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        None
+    }
 }
 
 /// A live subscription to one proxy's view, held for the life of its stream.

@@ -4,10 +4,23 @@
 //!
 //! Each stream owns its task, its view receiver and a small bounded response
 //! channel, so a slow or rejecting proxy only ever waits on itself.
+//!
+//! ```text
+//!  start: first request ─▶ subscribe(node) ─▶ response headers ─▶ spawn run_stream
+//!  run_stream: x-meshplane-min-revision N?  wait until revisions() >= N (bounded) ─┐
+//!              ┌───────────────────────────────────────────────────────────────────┘
+//!              └▶ set_view(latest), handle first request, then the select! loop
+//! ```
+//!
+//! The catch-up wait happens in the stream's task, after the response
+//! headers: the caller's call returns at once (a frontend bounds opening a
+//! stream by its own timeout), and the requests it sends meanwhile wait in
+//! the stream.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -16,17 +29,22 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{DeltaStream, ProtocolError, ProxySubscription, SotwStream, StreamEvent, ViewSource};
+use super::{DeltaStream, MIN_REVISION_HEADER, ProtocolError, ProxySubscription, SotwStream, StreamEvent, ViewSource};
 use crate::resources::{ProxyView, ResourceType};
 
 /// Responses buffered per stream before the stream's task waits for the
 /// proxy (at most one per type is in flight anyway).
 const RESPONSE_BUFFER: usize = 8;
+
+/// How long a stream waits for the source to reach the revision its
+/// [`MIN_REVISION_HEADER`] names before it is served from what the source has.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 const NO_NODE: &str = "the first ADS request carries no node; set node.id (for Istio proxies \
                        TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local) in the bootstrap";
@@ -86,6 +104,7 @@ impl Drop for ConnectedGuard {
 pub struct AdsServer {
     source: Arc<dyn ViewSource>,
     metrics: Arc<AdsMetrics>,
+    catch_up_timeout: Duration,
 }
 
 impl fmt::Debug for AdsServer {
@@ -96,7 +115,15 @@ impl fmt::Debug for AdsServer {
 
 impl AdsServer {
     pub fn new(source: Arc<dyn ViewSource>) -> Self {
-        Self { source, metrics: Arc::default() }
+        Self { source, metrics: Arc::default(), catch_up_timeout: CATCH_UP_TIMEOUT }
+    }
+
+    /// Bound the wait of a stream whose request names a revision the source
+    /// has not reached yet (default 5 s); after it the stream is served from
+    /// what the source has.
+    pub fn with_catch_up_timeout(mut self, timeout: Duration) -> Self {
+        self.catch_up_timeout = timeout;
+        self
     }
 
     pub fn metrics(&self) -> Arc<AdsMetrics> {
@@ -110,8 +137,10 @@ impl AdsServer {
     /// Read the first request, subscribe the proxy, and spawn its stream.
     async fn start<P: Protocol>(
         &self,
-        mut inbound: Streaming<P::Request>,
+        request: Request<Streaming<P::Request>>,
     ) -> Result<Response<ReceiverStream<Result<P::Response, Status>>>, Status> {
+        let min_revision = min_revision(request.metadata());
+        let mut inbound = request.into_inner();
         let first =
             inbound.message().await?.ok_or_else(|| Status::cancelled("stream ended before its first request"))?;
         let node = P::node(&first).ok_or_else(|| Status::invalid_argument(NO_NODE))?;
@@ -119,9 +148,11 @@ impl AdsServer {
             .source
             .subscribe(node)
             .inspect_err(|err| tracing::warn!(node = %node.id, "refusing {} ADS stream: {err}", P::NAME))?;
-        tracing::info!(proxy = %subscription.proxy_id, "{} ADS stream connected", P::NAME);
+        tracing::info!(proxy = %subscription.proxy_id, min_revision, "{} ADS stream connected", P::NAME);
+        let catch_up = min_revision
+            .and_then(|min| Some(CatchUp { min, revisions: self.source.revisions()?, timeout: self.catch_up_timeout }));
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(run_stream(P::default(), first, inbound, subscription, tx, self.metrics.clone()));
+        tokio::spawn(run_stream(P::default(), first, inbound, subscription, catch_up, tx, self.metrics.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -135,14 +166,14 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.start::<SotwStream>(request.into_inner()).await
+        self.start::<SotwStream>(request).await
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.start::<DeltaStream>(request.into_inner()).await
+        self.start::<DeltaStream>(request).await
     }
 }
 
@@ -200,11 +231,66 @@ impl Protocol for SotwStream {
     }
 }
 
+/// The revision a frontend asked for in [`MIN_REVISION_HEADER`]; a value
+/// that is not a revision is logged and ignored.
+fn min_revision(metadata: &MetadataMap) -> Option<i64> {
+    let value = metadata.get(MIN_REVISION_HEADER)?;
+    match value.to_str().ok().and_then(|v| v.parse::<i64>().ok()) {
+        Some(revision) => Some(revision),
+        None => {
+            tracing::warn!(
+                header = MIN_REVISION_HEADER,
+                ?value,
+                "ignoring a min-revision header that is not a revision"
+            );
+            None
+        }
+    }
+}
+
+/// A stream's wait for the source to reach the revision its caller asked for.
+pub(super) struct CatchUp {
+    pub(super) min: i64,
+    pub(super) revisions: watch::Receiver<i64>,
+    pub(super) timeout: Duration,
+}
+
+/// How a [`CatchUp`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum CaughtUp {
+    /// The source was there already.
+    Already,
+    /// The source reached the revision after a wait.
+    Waited,
+    /// The timeout passed first; the source is at `current`.
+    TimedOut { current: i64 },
+    /// The source stopped publishing revisions (shutting down).
+    SourceGone,
+}
+
+impl CatchUp {
+    pub(super) async fn wait(mut self) -> CaughtUp {
+        let min = self.min;
+        if *self.revisions.borrow_and_update() >= min {
+            return CaughtUp::Already;
+        }
+        // Ok(reached?): whether the revision came before the sender went away.
+        let waited =
+            tokio::time::timeout(self.timeout, self.revisions.wait_for(|r| *r >= min)).await.map(|r| r.is_ok());
+        match waited {
+            Ok(true) => CaughtUp::Waited,
+            Ok(false) => CaughtUp::SourceGone,
+            Err(_) => CaughtUp::TimedOut { current: *self.revisions.borrow() },
+        }
+    }
+}
+
 async fn run_stream<P: Protocol>(
     mut core: P,
     first: P::Request,
     mut inbound: Streaming<P::Request>,
     subscription: ProxySubscription,
+    catch_up: Option<CatchUp>,
     tx: mpsc::Sender<Result<P::Response, Status>>,
     metrics: Arc<AdsMetrics>,
 ) where
@@ -212,6 +298,27 @@ async fn run_stream<P: Protocol>(
 {
     let ProxySubscription { proxy_id, mut views, _registration: registration } = subscription;
     let connected = metrics.connect();
+    if let Some(catch_up) = catch_up {
+        let (min, timeout) = (catch_up.min, catch_up.timeout);
+        let started = tokio::time::Instant::now();
+        tokio::select! {
+            outcome = catch_up.wait() => match outcome {
+                CaughtUp::Already => {}
+                CaughtUp::Waited => tracing::debug!(proxy = %proxy_id, min_revision = min, waited = ?started.elapsed(),
+                    "the snapshot caught up with the revision the proxy was last sent"),
+                CaughtUp::TimedOut { current } => tracing::warn!(proxy = %proxy_id, min_revision = min,
+                    current_revision = current, ?timeout,
+                    "the snapshot did not reach the revision the proxy was last sent in time; serving it from \
+                     an older snapshot (it may see resources withdrawn and re-added): is this shard's store \
+                     watch behind, or is the store written to outside /meshplane/v1/?"),
+                CaughtUp::SourceGone => {}
+            },
+            () = tx.closed() => {
+                tracing::info!(proxy = %proxy_id, "{} ADS stream closed while catching up", P::NAME);
+                return;
+            }
+        }
+    }
     core.set_view(views.borrow_and_update().clone());
     let mut request = Some(first);
     loop {

@@ -16,7 +16,8 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Channel;
 
 use super::{CDS, LDS, version, view};
-use crate::ads::{AdsMetrics, AdsServer, ProxySubscription, SubscribeError, ViewSource};
+use crate::ads::server::{CatchUp, CaughtUp};
+use crate::ads::{AdsMetrics, AdsServer, MIN_REVISION_HEADER, ProxySubscription, SubscribeError, ViewSource};
 use crate::resources::ProxyView;
 
 const NODE_ID: &str = "sidecar~10.1.2.3~client-1.shop~shop.svc.cluster.local";
@@ -24,10 +25,13 @@ const NODE_ID: &str = "sidecar~10.1.2.3~client-1.shop~shop.svc.cluster.local";
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Serves every proxy the same view, from a watch channel the test drives;
-/// tells the test when a stream's registration is dropped.
+/// tells the test when a stream's registration is dropped, and how many
+/// streams asked for its revisions.
 struct TestSource {
     views: watch::Receiver<Arc<ProxyView>>,
     unregistered: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    revisions: watch::Receiver<i64>,
+    asked: watch::Sender<usize>,
 }
 
 struct Registration(Option<oneshot::Sender<()>>);
@@ -52,6 +56,11 @@ impl ViewSource for TestSource {
             _registration: Box::new(Registration(unregistered)),
         })
     }
+
+    fn revisions(&self) -> Option<watch::Receiver<i64>> {
+        self.asked.send_modify(|n| *n += 1);
+        Some(self.revisions.clone())
+    }
 }
 
 struct Harness {
@@ -59,12 +68,23 @@ struct Harness {
     views: watch::Sender<Arc<ProxyView>>,
     metrics: Arc<AdsMetrics>,
     unregistered: oneshot::Receiver<()>,
+    /// The source's revision, as the test drives it.
+    revision: watch::Sender<i64>,
+    /// How many streams asked for the source's revisions.
+    asked: watch::Receiver<usize>,
 }
 
 async fn start(initial: Arc<ProxyView>) -> Harness {
     let (views, rx) = watch::channel(initial);
     let (unregistered_tx, unregistered) = oneshot::channel();
-    let source = TestSource { views: rx, unregistered: std::sync::Mutex::new(Some(unregistered_tx)) };
+    let (revision, revisions) = watch::channel(0);
+    let (asked_tx, asked) = watch::channel(0);
+    let source = TestSource {
+        views: rx,
+        unregistered: std::sync::Mutex::new(Some(unregistered_tx)),
+        revisions,
+        asked: asked_tx,
+    };
     let server = AdsServer::new(Arc::new(source));
     let metrics = server.metrics();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -75,7 +95,7 @@ async fn start(initial: Arc<ProxyView>) -> Harness {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    Harness { client, views, metrics, unregistered }
+    Harness { client, views, metrics, unregistered, revision, asked }
 }
 
 fn node() -> Option<Node> {
@@ -194,4 +214,98 @@ async fn a_first_request_without_node_is_refused() {
     let status = h.client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("TYPE~IP~POD"), "{}", status.message());
+}
+
+/// A stream opened for a re-homed proxy: the frontend names the revision the
+/// proxy was last sent.
+fn min_revision_request<T>(requests: ReceiverStream<T>, revision: &str) -> tonic::Request<ReceiverStream<T>> {
+    let mut request = tonic::Request::new(requests);
+    request.metadata_mut().insert(MIN_REVISION_HEADER, revision.parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn a_stream_naming_a_newer_revision_is_answered_once_the_source_reaches_it() {
+    // The source is at revision 3 with a view that lacks c2, which the
+    // proxy's previous shard sent it at revision 5.
+    let mut h = start(view(3).with(CDS, "c1", "cluster one").build()).await;
+    h.revision.send_replace(3);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: CDS.type_url().into(),
+        initial_resource_versions: [("c1", "cluster one"), ("c2", "cluster two")]
+            .into_iter()
+            .map(|(n, body)| (n.to_string(), version(body)))
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The call returns at once: the wait is the stream's, not the caller's.
+    let mut responses = h
+        .client
+        .delta_aggregated_resources(min_revision_request(ReceiverStream::new(rx), "5"))
+        .await
+        .unwrap()
+        .into_inner();
+    // The stream is waiting: it asked for the revisions, and 3 < 5.
+    tokio::time::timeout(PATIENCE, h.asked.wait_for(|n| *n == 1)).await.expect("the stream asks").unwrap();
+    assert_eq!(h.metrics.connected_proxies(), 1);
+
+    // The shard catches up: its view now has c2 (at the version the proxy
+    // holds) and a new c3. Answered from this view, the proxy loses nothing.
+    h.views.send_replace(
+        view(5).with(CDS, "c1", "cluster one").with(CDS, "c2", "cluster two").with(CDS, "c3", "cluster three").build(),
+    );
+    h.revision.send_replace(4);
+    h.revision.send_replace(5);
+    let first: DeltaDiscoveryResponse = next(&mut responses).await;
+    let sent: Vec<_> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(sent, ["c3"], "only what the proxy lacks");
+    assert!(first.removed_resources.is_empty(), "nothing withdrawn: {:?}", first.removed_resources);
+    assert_eq!(first.system_version_info, "5");
+}
+
+#[tokio::test]
+async fn a_stream_without_the_header_or_naming_a_reached_revision_does_not_wait() {
+    let mut h = start(view(3).with(CDS, "c1", "cluster one").build()).await;
+    h.revision.send_replace(3);
+    for header in [None, Some("3"), Some("not-a-revision")] {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(DiscoveryRequest { node: node(), type_url: CDS.type_url().into(), ..Default::default() })
+            .await
+            .unwrap();
+        let request = match header {
+            Some(revision) => min_revision_request(ReceiverStream::new(rx), revision),
+            None => tonic::Request::new(ReceiverStream::new(rx)),
+        };
+        let mut responses = h.client.stream_aggregated_resources(request).await.unwrap().into_inner();
+        let cds: DiscoveryResponse = next(&mut responses).await;
+        assert_eq!(cds.resources.len(), 1, "{header:?}");
+    }
+    assert_eq!(*h.asked.borrow(), 1, "only the stream naming a revision asked for the source's");
+}
+
+#[tokio::test(start_paused = true)]
+async fn catching_up_is_bounded() {
+    let (revision, revisions) = watch::channel(3);
+    let timeout = Duration::from_secs(5);
+    let catch_up = |min| CatchUp { min, revisions: revisions.clone(), timeout };
+
+    assert_eq!(catch_up(3).wait().await, CaughtUp::Already);
+    assert_eq!(catch_up(-1).wait().await, CaughtUp::Already);
+
+    let started = tokio::time::Instant::now();
+    assert_eq!(catch_up(10).wait().await, CaughtUp::TimedOut { current: 3 });
+    assert_eq!(started.elapsed(), timeout);
+
+    let waiting = tokio::spawn(catch_up(4).wait());
+    tokio::task::yield_now().await;
+    revision.send_replace(4);
+    assert_eq!(waiting.await.unwrap(), CaughtUp::Waited);
+
+    let waiting = tokio::spawn(catch_up(9).wait());
+    drop(revision);
+    assert_eq!(waiting.await.unwrap(), CaughtUp::SourceGone);
 }
