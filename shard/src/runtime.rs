@@ -9,12 +9,25 @@
 //!            MeshSnapshot::build ─▶ generate() once per ProxyClass in use
 //!                    ▼
 //!            for each proxy: class view changed? ─▶ watch::Sender<Arc<ProxyView>> ─▶ ADS stream
+//!                    ▼
+//!            revision (watch) ─▶ ADS streams waiting to catch up (ViewSource::revisions)
 //! ```
 //!
 //! A proxy's class is re-resolved on every rebuild, so a Pod relabelled or a
 //! Sidecar added moves its proxies to the right config without a reconnect.
 //! Store errors never stop the shard: it keeps serving the last good snapshot
 //! and resumes the watch from the last revision it saw.
+//!
+//! ## The revision the views reflect
+//! The shard lists the mesh (`/meshplane/v1/clusters/`) but watches the whole
+//! meshplane keyspace (`/meshplane/v1/`), shard registrations included, so it
+//! sees every revision the store takes. [`ViewSource::revisions`] reads `r`
+//! once every change up to `r` is in the views: a rebuild publishes its
+//! snapshot's revision, and a batch with no mesh change (a shard registering
+//! or draining) advances it at once when no mesh change awaits a rebuild.
+//! Watching only the mesh, a shard whose last mesh change is at 40 could not
+//! tell that it is as current as a peer that listed the store at 45 (a
+//! registration): a re-homed proxy would wait for a revision that never comes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +38,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{Struct, value::Kind as ValueKind};
 use futures::StreamExt;
 use meshplane_model::MeshObject;
-use meshplane_model::key::{CLUSTERS_PREFIX, ObjectKey};
+use meshplane_model::key::{CLUSTERS_PREFIX, ObjectKey, ROOT};
 use meshplane_model::proxy::{NodeId, ProxyMetadata};
 use meshplane_store::{Event, Revision, Store, StoreError, WatchItem};
 use tokio::sync::watch;
@@ -71,6 +84,8 @@ struct Inner {
     next_connection: AtomicU64,
     endpoints: EndpointCache,
     ready: watch::Sender<bool>,
+    /// Every store change up to this revision is in the published views.
+    revision: watch::Sender<Revision>,
     stats: ShardStats,
 }
 
@@ -98,6 +113,7 @@ impl Shard {
                 next_connection: AtomicU64::new(1),
                 endpoints: EndpointCache::default(),
                 ready: watch::channel(false).0,
+                revision: watch::channel(0).0,
                 stats: ShardStats::default(),
             }),
         }
@@ -136,7 +152,8 @@ impl Shard {
             backoff = Duration::from_millis(100);
             let mut debouncer = Debouncer::new(self.inner.config.debounce);
             loop {
-                let mut stream = match self.inner.store.watch(CLUSTERS_PREFIX, revision + 1).await {
+                // The whole keyspace, so every revision is seen (module docs).
+                let mut stream = match self.inner.store.watch(ROOT, revision + 1).await {
                     Ok(s) => s,
                     Err(StoreError::Compacted { .. }) => continue 'relist,
                     Err(e) => {
@@ -151,10 +168,17 @@ impl Shard {
                             Some(Ok(WatchItem::Batch(batch))) => {
                                 backoff = Duration::from_millis(100);
                                 revision = batch.revision;
+                                let mesh = batch.events.iter().any(|e| e.key().starts_with(CLUSTERS_PREFIX));
                                 for event in batch.events {
                                     self.apply(&mut state, event);
                                 }
-                                debouncer.on_change(Instant::now());
+                                if mesh {
+                                    debouncer.on_change(Instant::now());
+                                } else if debouncer.deadline().is_none() {
+                                    // Nothing of the mesh changed, and nothing awaits a
+                                    // rebuild: the views are current at this revision too.
+                                    self.advance_revision(revision);
+                                }
                             }
                             Some(Ok(WatchItem::Compacted { compact_revision })) => {
                                 tracing::warn!(revision, compact_revision, "store history compacted past our revision; relisting");
@@ -207,6 +231,7 @@ impl Shard {
         Ok((state, listing.revision))
     }
 
+    /// Apply a store event to the mesh; keys outside the mesh are ignored.
     fn apply(&self, state: &mut MeshState, event: Event) {
         match event {
             Event::Put(kv) => {
@@ -272,6 +297,18 @@ impl Shard {
         drop(proxies);
         inner.endpoints.sweep();
         *inner.classes.lock().expect("classes lock poisoned") = fresh;
+        // Last: a stream waiting for this revision wakes to its new view.
+        self.advance_revision(snapshot.revision);
+    }
+
+    fn advance_revision(&self, revision: Revision) {
+        self.inner.revision.send_if_modified(|current| {
+            let newer = revision > *current;
+            if newer {
+                *current = revision;
+            }
+            newer
+        });
     }
 
     /// The view of a class from the current snapshot, generating it if no
@@ -408,6 +445,10 @@ impl ViewSource for Shard {
             _registration: Box::new(Registration { shard: self.clone(), connection }),
         })
     }
+
+    fn revisions(&self) -> Option<watch::Receiver<i64>> {
+        Some(self.inner.revision.subscribe())
+    }
 }
 
 /// Resource counts by type, for logs and debug pages.
@@ -526,5 +567,60 @@ status: {podIP: 10.0.0.2}
         .await;
         let view = next_view(&mut b).await;
         assert!(view.clusters.contains_key("outbound|80||a.ns-a.svc.cluster.local"), "{:?}", view.clusters.keys());
+    }
+
+    const PORT_8080: &str = "outbound|8080||b.ns-b.svc.cluster.local";
+
+    /// A write outside the mesh, as a shard registering makes.
+    async fn put_membership(store: &EmbeddedStore, shard: &str) -> Revision {
+        let key = meshplane_model::key::shard_key(shard);
+        store.put(&key, "{}".into(), Default::default()).await.unwrap()
+    }
+
+    async fn add_port_8080(store: &EmbeddedStore) -> Revision {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: ns-b}\nspec: {ports: [{name: http, port: 80}, {name: http-alt, port: 8080}]}\n";
+        put_yaml(store, yaml).await;
+        store.revision().await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_revision_reaches_every_store_write_once_the_views_reflect_it() {
+        let (store, shard, _stop) = started().await;
+        let mut revisions = shard.revisions().expect("a shard has revisions");
+        let listed = *revisions.borrow_and_update();
+        assert_eq!(listed, shard.snapshot().revision);
+        assert!(listed > 0);
+        let b = shard.subscribe(&node("10.0.0.2", "b-1", "ns-b")).unwrap();
+
+        // A mesh change: the revision reaches it with the rebuild, and by
+        // then the proxy's view has the change.
+        let changed = add_port_8080(&store).await;
+        let views = b.views.clone();
+        revisions.wait_for(|r| *r >= changed).await.unwrap();
+        assert!(views.borrow().clusters.contains_key(PORT_8080));
+        assert_eq!(shard.snapshot().revision, changed);
+
+        // A write outside the mesh (another shard registering): nothing to
+        // rebuild, and the views are current at its revision too. Without
+        // it a peer that listed the store later could never be caught up with.
+        let rebuilds = shard.stats().rebuilds.load(Ordering::Relaxed);
+        let registered = put_membership(&store, "shard-x").await;
+        revisions.wait_for(|r| *r == registered).await.unwrap();
+        assert_eq!(shard.stats().rebuilds.load(Ordering::Relaxed), rebuilds, "no rebuild for a membership write");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_outside_the_mesh_waits_for_a_pending_rebuild() {
+        let (store, shard, _stop) = started().await;
+        let mut revisions = shard.revisions().unwrap();
+        let b = shard.subscribe(&node("10.0.0.2", "b-1", "ns-b")).unwrap();
+        // The mesh change is still being debounced when the membership write
+        // arrives: the revision must not claim it before the rebuild.
+        let changed = add_port_8080(&store).await;
+        let registered = put_membership(&store, "shard-x").await;
+        assert!(registered > changed);
+        revisions.wait_for(|r| *r >= changed).await.unwrap();
+        assert!(b.views.borrow().clusters.contains_key(PORT_8080), "the revision ran ahead of the views");
+        revisions.wait_for(|r| *r == registered).await.unwrap();
     }
 }
