@@ -6,7 +6,9 @@
 //!                    apply (un)subscribe, forget unsubscribed names
 //!                    forward: current-epoch nonce translated | stale: subscription changes only
 //!  on_upstream_response(resp): remember (nonce, versions, removals) as pending; nonce := "E.n"
+//!                    revision := max(revision, system_version_info) (numeric ones only)
 //!  connect():        epoch += 1; one request per type: subscription + ACKed versions
+//!  min_revision():   what the new upstream must have caught up with (x-meshplane-min-revision)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -16,7 +18,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use super::rehome::{RehomeReason, Rehomed, Rehoming};
-use super::{RelayError, RelayEvent, TypeKey, node_id, parse_nonce, relay_nonce};
+use super::{RelayError, RelayEvent, TypeKey, node_id, parse_nonce, parse_revision, relay_nonce};
 
 /// Responses per type remembered while they await an ACK. One is in flight
 /// per type per upstream; the rest are earlier epochs' the proxy has not
@@ -34,6 +36,12 @@ pub struct DeltaRelay {
     types: BTreeMap<TypeKey, TypeState>,
     events: Vec<RelayEvent>,
     rehoming: Rehoming,
+    /// The highest store revision of a response relayed to the proxy (a
+    /// shard's `system_version_info`); 0 before any.
+    revision: i64,
+    /// The proxy's stream started with `initial_resource_versions`: it holds
+    /// config from another stream, of a revision this relay never saw.
+    inherited: bool,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +78,8 @@ impl DeltaRelay {
             types: BTreeMap::new(),
             events: Vec::new(),
             rehoming: Rehoming::default(),
+            revision: 0,
+            inherited: false,
         };
         relay.on_proxy_request(first)?;
         Ok(relay)
@@ -96,6 +106,7 @@ impl DeltaRelay {
         let st = self.types.entry(key.clone()).or_default();
         let mut current_nonce = None;
         if first {
+            self.inherited |= !req.initial_resource_versions.is_empty();
             st.acked = req.initial_resource_versions.clone().into_iter().collect();
             st.wildcard = req.resource_names_subscribe.is_empty() && key.wildcard_by_default();
         } else if !req.response_nonce.is_empty() {
@@ -167,6 +178,9 @@ impl DeltaRelay {
 
     /// A response from the current upstream; returns it as the proxy must see it.
     pub fn on_upstream_response(&mut self, mut resp: DeltaDiscoveryResponse) -> DeltaDiscoveryResponse {
+        if let Some(revision) = parse_revision(&resp.system_version_info) {
+            self.revision = self.revision.max(revision);
+        }
         let nonce = relay_nonce(self.epoch, &resp.nonce);
         let st = self.types.entry(TypeKey::new(&resp.type_url)).or_default();
         st.answered = true;
@@ -255,6 +269,23 @@ impl DeltaRelay {
     /// Events produced so far.
     pub fn take_events(&mut self) -> Vec<RelayEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// The highest store revision the proxy has been sent through this
+    /// relay (ACKed or not: a NACKed response still came from a snapshot
+    /// that far along); 0 before any response.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The revision a new upstream must reflect before answering the replay
+    /// (sent as `x-meshplane-min-revision`): what the proxy was sent here,
+    /// or, for a proxy that came holding config from elsewhere (a reconnect),
+    /// at least `frontend_seen`, the frontend's high-water mark (see
+    /// [`SotwRelay::min_revision`](super::SotwRelay::min_revision)), the best
+    /// bound the relay has on what it holds.
+    pub fn min_revision(&self, frontend_seen: i64) -> i64 {
+        if self.inherited { self.revision.max(frontend_seen) } else { self.revision }
     }
 
     /// The versions the proxy has ACKed for a type (debug pages, tests).

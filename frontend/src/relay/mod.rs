@@ -40,6 +40,39 @@
 //! while it reconnects upstream, and keeps it open (with the proxy keeping
 //! its config) while no shard is available at all.
 //!
+//! ### The new owner catches up first
+//! Shards follow the store each on their own, so the new owner's snapshot
+//! may lag the old owner's by a debounce. Answering the replay from it would
+//! withdraw what the proxy was just sent and re-add it moments later: a
+//! traffic gap. Every upstream stream therefore opens with the gRPC metadata
+//! `x-meshplane-min-revision: N` ([`MIN_REVISION_HEADER`]; first connects
+//! too, harmlessly), and the shard handles the replay only once its views reflect every store change
+//! up to N (bounded, 5 s by default; then it serves what it has and logs a
+//! warning naming the proxy and both revisions).
+//! - Delta: N is the highest `system_version_info` (a shard's view revision)
+//!   of any response relayed to the proxy, in any epoch, ACKed or not;
+//!   values that are not numbers are ignored. A proxy that came holding
+//!   config (`initial_resource_versions`: a reconnect from elsewhere) asks
+//!   for at least the frontend's high-water mark below.
+//! - SotW: a response carries no revision. `version_info` is a hash of the
+//!   set's content, which every shard must compute alike (a revision in it
+//!   would make identical sets differ between shards), and no other field
+//!   fits (`control_plane.identifier` names the control plane instance).
+//!   N is the frontend's high-water mark: the highest revision of any Delta
+//!   response this frontend relayed, or of the membership it follows. Best
+//!   effort: it covers any change a Delta proxy of this frontend was sent,
+//!   and every change made before the latest membership change (for a drain
+//!   or a join, the one that moves the proxy), but not a change only SotW
+//!   proxies were sent since. The store's current revision would be a sure
+//!   bound, but waiting for it would hold every SotW move for a rebuild,
+//!   up to the debounce's 10 s under steady churn, whether or not the
+//!   proxy's config changed.
+//!
+//! Every value sent is a revision every shard reaches: shards watch the
+//! whole `/meshplane/v1/` keyspace (membership writes included), so a
+//! shard with no mesh change since revision 40 still knows it is current
+//! at 45, the revision a peer that listed the store then reports.
+//!
 //! ## Nonces
 //! Each shard numbers its responses per stream, so the old and the new
 //! upstream issue the same nonces ("1", "2", ...) for different responses,
@@ -146,6 +179,20 @@ impl TypeKey {
     fn wildcard_by_default(&self) -> bool {
         self.0 == 0 || self.0 == 2
     }
+}
+
+/// The gRPC metadata key of the stream opened to a shard: the store
+/// revision the shard must reflect before it answers the replay. The shard
+/// side reads it as `meshplane_shard::ads::MIN_REVISION_HEADER`.
+pub const MIN_REVISION_HEADER: &str = "x-meshplane-min-revision";
+
+/// The store revision a shard's Delta response was built from
+/// (`system_version_info`); `None` for anything that is not one.
+fn parse_revision(system_version_info: &str) -> Option<i64> {
+    if system_version_info.is_empty() || !system_version_info.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    system_version_info.parse().ok()
 }
 
 /// The nonce the proxy sees for an upstream nonce.

@@ -6,9 +6,10 @@
 //!
 //!  run_stream: loop {
 //!      no upstream?      owner = ring(membership) minus suspects ─▶ open: replay, then call
+//!                        with x-meshplane-min-revision = core.min_revision(max(revision_seen, membership))
 //!      select! {
 //!        proxy request   ─▶ core.on_proxy_request ─▶ upstream requests (mpsc ─▶ HTTP/2 stream)
-//!        upstream resp   ─▶ core.on_upstream_response ─▶ proxy
+//!        upstream resp   ─▶ core.on_upstream_response ─▶ proxy; revision_seen := max(core.revision())
 //!        upstream ends   ─▶ suspect the shard, re-home now (the proxy's stream stays open)
 //!        membership      ─▶ owner changed? move once settled (bounded by settle_grace)
 //!      }
@@ -51,11 +52,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::rehome::RehomeStats;
-use super::{DeltaRelay, RelayError, RelayEvent, SotwRelay};
+use super::{DeltaRelay, MIN_REVISION_HEADER, RelayError, RelayEvent, SotwRelay};
 use super::{HistogramSnapshot, RehomeReason, Rehomed};
 use crate::membership::{Membership, ShardEntry};
 
@@ -200,6 +202,9 @@ struct Shared {
     suspects: Mutex<HashMap<Arc<str>, Suspect>>,
     streams: Mutex<BTreeMap<u64, RelayedStream>>,
     next_stream: AtomicU64,
+    /// The highest store revision of any response relayed (Delta streams
+    /// only: SotW responses carry none).
+    revision_seen: AtomicI64,
 }
 
 impl Shared {
@@ -290,6 +295,7 @@ impl RelayServer {
                 suspects: Mutex::default(),
                 streams: Mutex::default(),
                 next_stream: AtomicU64::new(1),
+                revision_seen: AtomicI64::new(0),
             }),
         }
     }
@@ -354,6 +360,14 @@ impl AggregatedDiscoveryService for RelayServer {
 
 type OpenFuture<R> = Pin<Box<dyn Future<Output = Result<Response<Streaming<R>>, Status>> + Send>>;
 
+/// The upstream call's request: the replay and what follows, and the
+/// revision the shard must reflect before answering it.
+fn upstream_request<T>(requests: ReceiverStream<T>, min_revision: i64) -> Request<ReceiverStream<T>> {
+    let mut request = Request::new(requests);
+    request.metadata_mut().insert(MIN_REVISION_HEADER, MetadataValue::from(min_revision));
+    request
+}
+
 /// What the stream loop needs from a relay core.
 trait RelayCore: Sized + Send + 'static {
     type Request: Send + 'static;
@@ -373,9 +387,12 @@ trait RelayCore: Sized + Send + 'static {
     fn rehome_completed(&mut self, now: std::time::Instant) -> Option<Rehomed>;
     /// Resources in a response, and its encoded size.
     fn response_size(resp: &Self::Response) -> (usize, usize);
+    /// The highest store revision the proxy has been sent (0: unknown).
+    fn revision(&self) -> i64;
+    fn min_revision(&self, frontend_seen: i64) -> i64;
     fn open(
         client: AggregatedDiscoveryServiceClient<Channel>,
-        requests: ReceiverStream<Self::Request>,
+        request: Request<ReceiverStream<Self::Request>>,
     ) -> OpenFuture<Self::Response>;
 }
 
@@ -422,11 +439,17 @@ impl RelayCore for DeltaRelay {
     fn response_size(resp: &Self::Response) -> (usize, usize) {
         (resp.resources.len(), prost::Message::encoded_len(resp))
     }
+    fn revision(&self) -> i64 {
+        DeltaRelay::revision(self)
+    }
+    fn min_revision(&self, frontend_seen: i64) -> i64 {
+        DeltaRelay::min_revision(self, frontend_seen)
+    }
     fn open(
         mut client: AggregatedDiscoveryServiceClient<Channel>,
-        requests: ReceiverStream<Self::Request>,
+        request: Request<ReceiverStream<Self::Request>>,
     ) -> OpenFuture<Self::Response> {
-        Box::pin(async move { client.delta_aggregated_resources(requests).await })
+        Box::pin(async move { client.delta_aggregated_resources(request).await })
     }
 }
 
@@ -473,11 +496,17 @@ impl RelayCore for SotwRelay {
     fn response_size(resp: &Self::Response) -> (usize, usize) {
         (resp.resources.len(), prost::Message::encoded_len(resp))
     }
+    fn revision(&self) -> i64 {
+        0
+    }
+    fn min_revision(&self, frontend_seen: i64) -> i64 {
+        SotwRelay::min_revision(self, frontend_seen)
+    }
     fn open(
         mut client: AggregatedDiscoveryServiceClient<Channel>,
-        requests: ReceiverStream<Self::Request>,
+        request: Request<ReceiverStream<Self::Request>>,
     ) -> OpenFuture<Self::Response> {
-        Box::pin(async move { client.stream_aggregated_resources(requests).await })
+        Box::pin(async move { client.stream_aggregated_resources(request).await })
     }
 }
 
@@ -633,6 +662,7 @@ where
                         shared.metrics.relayed_resources.fetch_add(resources as u64, Ordering::Relaxed);
                         shared.metrics.relayed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                         let resp = self.core.on_upstream_response(resp);
+                        shared.revision_seen.fetch_max(self.core.revision(), Ordering::Relaxed);
                         if self.tx.send(Ok(resp)).await.is_err() {
                             break;
                         }
@@ -674,6 +704,9 @@ where
     /// Open a stream to `owner`: replay the soft state, then call.
     async fn open(&mut self, owner: ShardEntry, membership: &Membership) -> Result<(), Lost> {
         let channel = self.shared.channel(&owner, membership).map_err(classify)?;
+        // Both are revisions every shard's store watch reaches.
+        let frontend_seen = self.shared.revision_seen.load(Ordering::Relaxed).max(membership.revision);
+        let min_revision = self.core.min_revision(frontend_seen);
         let replay = self.core.connect();
         let (tx, rx) = mpsc::channel(REQUEST_BUFFER.max(replay.len()));
         for req in replay {
@@ -682,7 +715,7 @@ where
         let client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let call = C::open(client, ReceiverStream::new(rx));
+        let call = C::open(client, upstream_request(ReceiverStream::new(rx), min_revision));
         let result = match tokio::time::timeout(self.shared.config.connect_timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(classify(status)),
@@ -693,7 +726,7 @@ where
         match result {
             Ok(responses) => {
                 tracing::info!(proxy = %self.core.node_id(), shard = %owner.record.id, addr = %owner.record.addr,
-                    epoch = self.core.epoch(), "relaying to shard");
+                    epoch = self.core.epoch(), min_revision, "relaying to shard");
                 self.shared.set_stream(self.id, Some(owner.record.id.as_str().into()), self.core.epoch());
                 self.upstream = Some(Upstream { shard: owner, requests: tx, responses });
                 Ok(())

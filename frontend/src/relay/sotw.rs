@@ -6,6 +6,7 @@
 //!                             | stale nonce: dropped (the proxy repeats its subscription later)
 //!  on_upstream_response(resp): nonce := "E.n"
 //!  connect():        epoch += 1; the last request of each type, without nonce
+//!  min_revision():   the frontend's high-water mark (a SotW response carries no revision)
 //! ```
 
 use std::collections::BTreeMap;
@@ -179,6 +180,17 @@ impl SotwRelay {
     /// Events produced so far.
     pub fn take_events(&mut self) -> Vec<RelayEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// The revision a new upstream must reflect before answering the replay
+    /// (sent as `x-meshplane-min-revision`). A SotW response carries no store
+    /// revision (`version_info` is a hash of the set's content, and must
+    /// stay one for every shard to agree on it), so the relay cannot know
+    /// what this proxy was sent; it asks for `frontend_seen`, the frontend's
+    /// high-water mark: the highest revision of any Delta response it has
+    /// relayed, or of the shard membership it follows, whichever is higher.
+    pub fn min_revision(&self, frontend_seen: i64) -> i64 {
+        frontend_seen
     }
 
     /// The proxy's last request of a type (debug pages, tests).

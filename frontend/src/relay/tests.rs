@@ -264,6 +264,68 @@ fn delta_first_request_of_a_type_is_forwarded_as_is_when_connected() {
     assert_eq!(relay.acked(RDS), versions(&[("r", "v")]), "a reconnecting proxy's versions seed the soft state");
 }
 
+fn at_revision(mut resp: DeltaDiscoveryResponse, system_version_info: &str) -> DeltaDiscoveryResponse {
+    resp.system_version_info = system_version_info.into();
+    resp
+}
+
+#[test]
+fn delta_tracks_the_highest_revision_the_proxy_was_sent() {
+    let mut relay = delta_relay();
+    assert_eq!((relay.revision(), relay.min_revision(99)), (0, 0), "nothing sent: nothing to wait for");
+
+    relay.on_upstream_response(at_revision(dresp(CDS, "1", &[("a", "v1")], &[]), "7"));
+    assert_eq!(relay.revision(), 7);
+    // Not revisions: ignored.
+    for info in ["", "abc", "-3", "+9", "12a", "99999999999999999999"] {
+        relay.on_upstream_response(at_revision(dresp(CDS, "2", &[], &[]), info));
+        assert_eq!(relay.revision(), 7, "{info:?} is not a revision");
+    }
+    // An older response (another type's, from a class view unchanged since)
+    // does not lower it.
+    relay.on_upstream_response(at_revision(dresp(EDS, "3", &[("a", "e1")], &[]), "5"));
+    assert_eq!(relay.revision(), 7);
+    // A response the proxy rejects still came from a snapshot that far along.
+    relay.on_upstream_response(at_revision(dresp(CDS, "4", &[("a", "v2")], &[]), "12"));
+    relay.on_proxy_request(nack(CDS, "1.4")).unwrap();
+    assert_eq!(relay.revision(), 12);
+
+    // It outlives the upstream: the replay to the next owner asks for it,
+    // whatever other proxies of this frontend were sent.
+    relay.disconnect();
+    relay.connect();
+    assert_eq!(relay.revision(), 12);
+    assert_eq!(relay.min_revision(40), 12);
+    assert_eq!(relay.min_revision(3), 12);
+}
+
+#[test]
+fn delta_proxy_arriving_with_config_asks_for_the_frontend_high_water_mark() {
+    // A proxy that reconnects holds config some other stream sent it, at a
+    // revision this relay never saw: the best bound is the frontend's.
+    let first = DeltaDiscoveryRequest {
+        node: node(),
+        initial_resource_versions: [("a".to_string(), "v1".to_string())].into(),
+        ..dreq(CDS)
+    };
+    let mut relay = DeltaRelay::new(first).unwrap();
+    assert_eq!(relay.min_revision(40), 40);
+    relay.connect();
+    relay.on_upstream_response(at_revision(dresp(CDS, "1", &[("b", "v1")], &[]), "45"));
+    assert_eq!(relay.min_revision(40), 45);
+    assert_eq!(relay.min_revision(50), 50);
+
+    // A later type's initial versions count too.
+    let mut relay = delta_relay();
+    assert_eq!(relay.min_revision(40), 0);
+    let req = DeltaDiscoveryRequest {
+        initial_resource_versions: [("r".to_string(), "v".to_string())].into(),
+        ..subscribe(dreq(RDS), &["r"])
+    };
+    relay.on_proxy_request(req).unwrap();
+    assert_eq!(relay.min_revision(40), 40);
+}
+
 fn sreq(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
     DiscoveryRequest {
         type_url: type_url.into(),
@@ -345,6 +407,16 @@ fn sotw_stale_requests_update_the_soft_state_and_are_dropped() {
     assert_eq!(fwd.response_nonce, "1");
     // An empty nonce is a client starting the type over: always forwarded.
     assert!(relay.on_proxy_request(sreq(EDS, &["a"], "ev1", "")).unwrap().is_some());
+}
+
+#[test]
+fn sotw_asks_for_the_frontend_high_water_mark() {
+    // A SotW response's version_info is a content hash, not a revision.
+    let mut relay = SotwRelay::new(DiscoveryRequest { node: node(), ..sreq(CDS, &[], "", "") }).unwrap();
+    relay.connect();
+    relay.on_upstream_response(sresp(CDS, "1", "17"));
+    assert_eq!(relay.min_revision(0), 0);
+    assert_eq!(relay.min_revision(40), 40);
 }
 
 // ---- The relay between a proxy and the shard's real state machines ----
@@ -432,6 +504,7 @@ fn delta_rehome_between_real_shard_state_machines_sends_nothing_the_proxy_has() 
     assert_eq!(proxy.held[EDS].len(), 1);
     assert_eq!(proxy.held[LDS].len(), 1);
     assert!(relay.settled());
+    assert_eq!(relay.revision(), 10, "learned from the shard's system_version_info");
     let received_before = proxy.received.len();
 
     // The owner changes: a new shard, same store, same content hashes.
