@@ -4,7 +4,8 @@
 //!
 //! Each shard's gRPC server runs on a runtime of its own, so a test can kill
 //! it the way `kill -9` would: every socket closes at once, the lease stays
-//! until it expires.
+//! until it expires. A shard can also stop following the store (its snapshot
+//! lags, as a shard a debounce behind its peers) and resume (it relists).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,10 +20,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use meshplane_frontend::membership::{Membership, follow_membership};
-use meshplane_frontend::relay::{RelayConfig, RelayMetrics, RelayServer};
+use meshplane_frontend::relay::{self, RelayConfig, RelayMetrics, RelayServer};
 use meshplane_frontend::ring::ShardRing;
 use meshplane_model::key::{ObjectKey, ShardRecord};
-use meshplane_shard::ads::{AdsMetrics, AdsServer, ProxySubscription, SubscribeError, ViewSource};
+use meshplane_shard::ads::{self, AdsMetrics, AdsServer, ProxySubscription, SubscribeError, ViewSource};
 use meshplane_shard::membership::{MembershipOptions, RegistrationState, ShardRegistration};
 use meshplane_shard::resources::{ProxyView, ResourceType};
 use meshplane_shard::runtime::{Shard, ShardConfig};
@@ -92,6 +93,9 @@ struct Observed {
     connected: watch::Sender<BTreeMap<String, usize>>,
     /// The view of each proxy's latest stream.
     views: Views,
+    /// How many streams asked for the shard's revisions (to catch up with
+    /// the revision their frontend named).
+    catching_up: watch::Sender<usize>,
 }
 
 type Views = Arc<std::sync::Mutex<BTreeMap<String, watch::Receiver<Arc<ProxyView>>>>>;
@@ -126,6 +130,11 @@ impl ViewSource for Observed {
             Box::new(Connection { inner: Some(inner), connected: self.connected.clone(), id: node.id.clone() });
         Ok(sub)
     }
+
+    fn revisions(&self) -> Option<watch::Receiver<i64>> {
+        self.catching_up.send_modify(|n| *n += 1);
+        self.shard.revisions()
+    }
 }
 
 struct TestShard {
@@ -134,6 +143,9 @@ struct TestShard {
     ads: Arc<AdsMetrics>,
     connected: watch::Receiver<BTreeMap<String, usize>>,
     views: Views,
+    catching_up: watch::Receiver<usize>,
+    /// The task following the store, and its stop switch.
+    following: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
     registration: watch::Receiver<RegistrationState>,
     drain: Option<oneshot::Sender<()>>,
     kill: Option<oneshot::Sender<()>>,
@@ -144,20 +156,18 @@ impl TestShard {
     async fn start(store: Arc<dyn Store>, id: &str) -> TestShard {
         let shard = Shard::new(store.clone(), ShardConfig::default());
         let mut ready = shard.ready();
-        tokio::spawn({
-            let shard = shard.clone();
-            async move {
-                // Runs for the life of the test.
-                let (_stop, shutdown) = watch::channel(false);
-                shard.run(shutdown).await
-            }
-        });
+        let following = Some(follow(&shard));
         patiently("the shard's first snapshot", ready.wait_for(|r| *r)).await.unwrap();
 
         let (connected_tx, connected) = watch::channel(BTreeMap::new());
         let views = Views::default();
-        let ads =
-            AdsServer::new(Arc::new(Observed { shard: shard.clone(), connected: connected_tx, views: views.clone() }));
+        let (catching_up_tx, catching_up) = watch::channel(0);
+        let ads = AdsServer::new(Arc::new(Observed {
+            shard: shard.clone(),
+            connected: connected_tx,
+            views: views.clone(),
+            catching_up: catching_up_tx,
+        }));
         let metrics = ads.metrics();
         // The server lives on a runtime of its own, so killing it closes every socket at once.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -199,11 +209,26 @@ impl TestShard {
             ads: metrics,
             connected,
             views,
+            catching_up,
+            following,
             registration: state,
             drain: Some(drain),
             kill: Some(kill),
             server: Some(server),
         }
+    }
+
+    /// Stop following the store: the snapshot stays where it is.
+    async fn stop_following(&mut self) {
+        let (stop, task) = self.following.take().expect("the shard follows the store");
+        stop.send_replace(true);
+        patiently("the shard to stop following the store", task).await.unwrap();
+    }
+
+    /// Follow the store again (it relists).
+    fn resume_following(&mut self) {
+        assert!(self.following.is_none(), "the shard follows the store already");
+        self.following = Some(follow(&self.shard));
     }
 
     fn serves(&self, node_id: &str) -> bool {
@@ -240,6 +265,12 @@ impl TestShard {
         self.kill.take().unwrap().send(()).unwrap();
         self.server.take().unwrap().join().unwrap();
     }
+}
+
+/// Run the shard's store follower until told to stop.
+fn follow(shard: &Shard) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, shutdown) = watch::channel(false);
+    (stop, tokio::spawn(shard.clone().run(shutdown)))
 }
 
 // ---- the frontend ----
@@ -307,6 +338,10 @@ struct DeltaProxy {
     resent: Vec<(String, String)>,
     /// Resources received, in all.
     received: usize,
+    /// Resources withdrawn: (type, name).
+    removed: Vec<(String, String)>,
+    /// The highest `system_version_info` received.
+    revision: i64,
 }
 
 impl DeltaProxy {
@@ -322,7 +357,15 @@ impl DeltaProxy {
             .unwrap();
         let responses =
             frontend.client().await.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
-        DeltaProxy { requests, responses, held: BTreeMap::new(), resent: Vec::new(), received: 0 }
+        DeltaProxy {
+            requests,
+            responses,
+            held: BTreeMap::new(),
+            resent: Vec::new(),
+            received: 0,
+            removed: Vec::new(),
+            revision: 0,
+        }
     }
 
     async fn send(&self, req: DeltaDiscoveryRequest) {
@@ -350,7 +393,9 @@ impl DeltaProxy {
         }
         for name in &resp.removed_resources {
             held.remove(name);
+            self.removed.push((resp.type_url.clone(), name.clone()));
         }
+        self.revision = self.revision.max(resp.system_version_info.parse().unwrap_or(0));
     }
 
     async fn ack(&self, resp: &DeltaDiscoveryResponse) {
@@ -532,6 +577,75 @@ async fn delta_proxy_moves_at_once_when_its_owner_dies() {
     proxy.ack(&resp).await;
     assert!(proxy.resent.is_empty(), "the new owner resent resources the proxy had: {:?}", proxy.resent);
     assert_eq!(proxy.received, received + 1);
+}
+
+const EXTRA: &str = "outbound|9080||extra.bookinfo.svc.cluster.local";
+
+fn extra_service() -> Vec<Op> {
+    objects(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: extra, namespace: bookinfo}\n\
+         spec:\n  clusterIP: 10.96.0.99\n  ports: [{name: http, port: 9080}]\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_proxy_moved_to_a_lagging_shard_loses_nothing_it_holds() {
+    assert_eq!(relay::MIN_REVISION_HEADER, ads::MIN_REVISION_HEADER);
+    let (store, mut shards, frontend) = cluster(&["shard-a", "shard-b"]).await;
+    let owner = owner_index(&shards, PRODUCTPAGE);
+    let other = 1 - owner;
+    let mut proxy = DeltaProxy::connect(&frontend, PRODUCTPAGE).await;
+    shards[owner].wait_serving(&[PRODUCTPAGE]).await;
+    proxy.fetch_all(&shards[owner], PRODUCTPAGE).await;
+
+    // The next owner stops following the store: it will be behind.
+    shards[other].stop_following().await;
+    let behind = *shards[other].shard.revisions().unwrap().borrow();
+
+    // A new service: the owner sends its cluster (and the route to it), and
+    // the proxy, as Envoy would, subscribes to its endpoints.
+    store.batch(extra_service()).await.unwrap();
+    let mut views = shards[owner].views.lock().unwrap()[PRODUCTPAGE].clone();
+    patiently("the owner to see the new service", views.wait_for(|v| v.clusters.contains_key(EXTRA))).await.unwrap();
+    proxy
+        .send(DeltaDiscoveryRequest {
+            type_url: EDS.into(),
+            resource_names_subscribe: vec![EXTRA.into()],
+            ..Default::default()
+        })
+        .await;
+    proxy.sync_to(|| shards[owner].view_of(PRODUCTPAGE)).await;
+    assert!(proxy.held[CDS].contains_key(EXTRA));
+    assert!(proxy.revision > behind, "the proxy was sent revision {} > {behind}", proxy.revision);
+    let received = proxy.received;
+
+    // The owner drains; the frontend moves the proxy to the lagging shard,
+    // naming the revision the proxy was sent. Answered from the old
+    // snapshot, the replay would withdraw the new cluster; it waits.
+    shards[owner].drain.take().unwrap().send(()).unwrap();
+    shards[other].wait_serving(&[PRODUCTPAGE]).await;
+    patiently("the new owner's stream to wait for its snapshot", shards[other].catching_up.wait_for(|n| *n == 1))
+        .await
+        .unwrap();
+    assert!(*shards[other].shard.revisions().unwrap().borrow() < proxy.revision);
+
+    // It catches up (relisting the store): it has what the proxy holds and
+    // sends nothing. A mesh change is the sync point: everything before it
+    // has arrived.
+    shards[other].resume_following();
+    let mut revisions = shards[other].shard.revisions().unwrap();
+    patiently("the new owner to catch up", revisions.wait_for(|r| *r >= proxy.revision)).await.unwrap();
+    let before = details_version(&shards[other].view_of(PRODUCTPAGE));
+    store.batch(details_pod(1)).await.unwrap();
+    let v2 = next_version(&shards[other], PRODUCTPAGE, &before).await;
+    let resp = proxy.wait_for(EDS, DETAILS, &v2).await;
+    proxy.ack(&resp).await;
+    assert!(proxy.removed.is_empty(), "the new owner withdrew resources the proxy held: {:?}", proxy.removed);
+    assert!(proxy.resent.is_empty(), "the new owner resent resources the proxy had: {:?}", proxy.resent);
+    assert_eq!(proxy.received, received + 1, "only the changed endpoints");
+    assert!(proxy.held[CDS].contains_key(EXTRA));
+    assert_eq!(frontend.metrics.rehomes_membership(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
