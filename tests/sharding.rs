@@ -407,3 +407,24 @@ fn frontend_loss_and_an_etcd_outage_keep_traffic_flowing() {
 fn cluster_churn(envoy: &Envoy) -> [u64; 2] {
     ["cluster_manager.cluster_modified", "cluster_manager.cluster_removed"].map(|s| envoy.stat(s).unwrap_or(0))
 }
+
+#[test]
+fn a_directory_larger_than_one_etcd_transaction_loads_completely() {
+    // etcd's default --max-txn-ops is 128; registry-sync must split its writes.
+    let dir = tempfile::tempdir().unwrap();
+    let services: Vec<String> = (0..300)
+        .map(|i| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: shop}}\nspec:\n  ports: [{{name: http, port: 80}}]\n")
+        })
+        .collect();
+    std::fs::write(dir.path().join("services.yaml"), services.join("---\n")).unwrap();
+    let topology = Topology::start(dir.path(), 0, 1);
+    let shard = &topology.shards[0];
+    wait_for(SETTLE, "the shard to know all 300 services", || {
+        let metrics = shard.admin_get("/metrics").map(|r| r.text()).unwrap_or_default();
+        let count = metrics.lines().find_map(|l| l.strip_prefix("pilot_services ")).map(str::trim).map(str::to_string);
+        (count.as_deref() == Some("300")).then_some(()).ok_or(count)
+    });
+    let sync = topology.sync.admin_json("/debug/configz");
+    assert!(sync["store_error"].is_null(), "{sync}");
+}

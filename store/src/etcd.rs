@@ -159,6 +159,8 @@ pub struct EtcdOptions {
     /// Largest response message accepted (a list page, a watch response).
     /// Default 256 MiB.
     pub max_response_bytes: usize,
+    /// etcd's `--max-txn-ops` (default 128): a batch may hold one less.
+    pub max_txn_ops: usize,
 }
 
 impl Default for EtcdOptions {
@@ -172,6 +174,7 @@ impl Default for EtcdOptions {
             watch_retry_initial: Duration::from_millis(100),
             watch_retry_max: Duration::from_secs(3),
             max_response_bytes: 256 << 20,
+            max_txn_ops: 128,
         }
     }
 }
@@ -390,6 +393,11 @@ impl Shared {
 
 #[async_trait]
 impl Store for EtcdStore {
+    fn max_batch_ops(&self) -> Option<usize> {
+        // A nested transaction per put counts against the parent's budget.
+        Some(self.shared.options.max_txn_ops.saturating_sub(1).max(1))
+    }
+
     async fn revision(&self) -> Result<Revision, StoreError> {
         let shared = &self.shared;
         shared.current_revision().await.map_err(|f| shared.error("a read of the revision", f))

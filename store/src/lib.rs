@@ -238,6 +238,13 @@ pub trait Store: Send + Sync + 'static {
     /// in a batch ([`StoreError::Invalid`] otherwise).
     async fn batch(&self, ops: Vec<Op>) -> Result<Option<Revision>, StoreError>;
 
+    /// The most operations one [`Store::batch`] may hold, if the backend has
+    /// a limit (etcd: `--max-txn-ops`). Writers with more changes split them
+    /// into several batches.
+    fn max_batch_ops(&self) -> Option<usize> {
+        None
+    }
+
     /// Follow every change under `prefix` from revision `from` on.
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError>;
 

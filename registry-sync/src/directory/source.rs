@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use meshplane_model::key::{cluster_prefix, valid_cluster_id};
 use meshplane_model::parse::Severity;
-use meshplane_store::{Revision, Store};
+use meshplane_store::{Op, Revision, Store};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -378,18 +378,24 @@ impl Edge {
         let ops = reconciliation.ops;
         let mut written = None;
         let mut store_error = None;
-        if !ops.is_empty() {
-            match self.store.batch(ops.clone()).await {
+        // One atomic batch when the store takes it; otherwise batches in
+        // make-before-break order (see `write_batches`).
+        for batch in write_batches(ops, self.store.max_batch_ops()) {
+            match self.store.batch(batch.clone()).await {
                 Ok(revision) => {
-                    self.state.applied(&ops);
-                    written = revision;
-                    debug!(changes = ops.len(), revision, "wrote configuration changes to the store");
+                    self.state.applied(&batch);
+                    written = revision.or(written);
+                    debug!(changes = batch.len(), revision, "wrote configuration changes to the store");
                 }
                 Err(e) => {
                     let delay = self.next_retry_delay();
-                    error!("cannot write {} configuration changes to the store: {e}; retrying in {delay:?}", ops.len());
+                    error!(
+                        "cannot write {} configuration changes to the store: {e}; retrying in {delay:?}",
+                        batch.len()
+                    );
                     self.retry_at = Some(Instant::now() + delay);
                     store_error = Some(e.to_string());
+                    break;
                 }
             }
         }
@@ -481,4 +487,88 @@ fn watch_directory(dir: &Path, wake: Arc<Notify>) -> notify::Result<notify::Reco
     })?;
     watcher.watch(dir, RecursiveMode::Recursive)?;
     Ok(watcher)
+}
+
+/// Split a reconciliation's operations into batches of at most `max` (all in
+/// one when there is no limit or they fit). Split batches are ordered so no
+/// intermediate revision references what is not written yet: puts of the
+/// kinds others refer to (services, workloads, endpoints, DestinationRules)
+/// before the kinds that refer to them (Sidecars, VirtualServices), and
+/// deletes after puts, in the reverse order.
+fn write_batches(mut ops: Vec<Op>, max: Option<usize>) -> Vec<Vec<Op>> {
+    if ops.is_empty() {
+        return Vec::new();
+    }
+    let max = max.unwrap_or(usize::MAX).max(1);
+    if ops.len() <= max {
+        return vec![ops];
+    }
+    fn rank(key: &str) -> usize {
+        use meshplane_model::Kind::*;
+        const ORDER: [meshplane_model::Kind; 13] = [
+            Namespace,
+            Node,
+            Service,
+            ServiceEntry,
+            Pod,
+            WorkloadEntry,
+            EndpointSlice,
+            DestinationRule,
+            PeerAuthentication,
+            AuthorizationPolicy,
+            Gateway,
+            Sidecar,
+            VirtualService,
+        ];
+        let kind = meshplane_model::key::ObjectKey::decode(key).map(|k| k.object.kind);
+        kind.and_then(|k| ORDER.iter().position(|o| *o == k)).unwrap_or(ORDER.len())
+    }
+    ops.sort_by_key(|op| match op {
+        Op::Put { key, .. } => (0, rank(key) as isize),
+        Op::Delete { key } => (1, -(rank(key) as isize)),
+    });
+    ops.chunks(max).map(<[Op]>::to_vec).collect()
+}
+
+#[cfg(test)]
+mod write_batch_tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn put(resource: &str, name: &str) -> Op {
+        Op::Put { key: format!("/meshplane/v1/clusters/c/{resource}/ns/{name}"), value: Bytes::from_static(b"{}") }
+    }
+
+    fn delete(resource: &str, name: &str) -> Op {
+        Op::Delete { key: format!("/meshplane/v1/clusters/c/{resource}/ns/{name}") }
+    }
+
+    #[test]
+    fn a_reconciliation_that_fits_is_one_batch_in_its_own_order() {
+        let ops = vec![put("virtualservices", "a"), put("services", "a"), delete("pods", "p")];
+        assert_eq!(write_batches(ops.clone(), Some(3)), vec![ops.clone()]);
+        assert_eq!(write_batches(ops.clone(), None), vec![ops]);
+        assert!(write_batches(Vec::new(), Some(3)).is_empty());
+    }
+
+    #[test]
+    fn split_batches_write_referenced_kinds_first_and_delete_referrers_first() {
+        let ops = vec![
+            delete("services", "old"),
+            put("virtualservices", "vs"),
+            delete("virtualservices", "old-vs"),
+            put("destinationrules", "dr"),
+            put("services", "svc"),
+        ];
+        let batches = write_batches(ops, Some(2));
+        assert_eq!(
+            batches,
+            vec![
+                vec![put("services", "svc"), put("destinationrules", "dr")],
+                vec![put("virtualservices", "vs"), delete("virtualservices", "old-vs")],
+                vec![delete("services", "old")],
+            ]
+        );
+    }
 }
