@@ -103,9 +103,9 @@
 //!   etcd counts a nested transaction against what its parent leaves, so a
 //!   batch may hold at most `--max-txn-ops - 1` operations (127 by default).
 //!   A larger batch fails with [`StoreError::Invalid`] naming the flag to
-//!   raise and changes nothing; run etcd with `--max-txn-ops` above the
-//!   largest batch meshplane writes (a full directory sync writes every
-//!   object in one batch).
+//!   raise and changes nothing. [`Store::max_batch_ops`] reports the limit
+//!   (from [`EtcdOptions::max_txn_ops`]), and writers with more changes, such
+//!   as registry-sync's first load of a large directory, split them.
 //! - After etcd was compacted at revision 1 (`compact(2)` on a fresh
 //!   store), revision 1, the empty store, stays readable and watchable: etcd
 //!   cannot tell that compaction from none, and nothing is lost by serving it.
