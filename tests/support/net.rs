@@ -20,7 +20,9 @@ pub struct TestNet {
 
 impl TestNet {
     pub fn new() -> Self {
-        let n = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
+        // Start at a per-process offset, so test runs of two checkouts on one
+        // machine rarely share addresses (Envoy's SO_REUSEPORT would mix them).
+        let n = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed).wrapping_add(port_seed());
         TestNet { block: (n % 254 + 1) as u8 }
     }
 

@@ -59,7 +59,7 @@ pub fn spawn_child(cmd: &mut Command) -> std::io::Result<Child> {
 }
 
 /// Where processes started by the harness keep their files:
-/// `$CARGO_TARGET_TMPDIR/meshplane-tests/<test name>/<kind>-<seq>/`.
+/// `$CARGO_TARGET_TMPDIR/meshplane-tests/<test name>/<kind>-<pid>-<seq>/`.
 pub fn artifacts_root() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("meshplane-tests")
 }
@@ -75,7 +75,9 @@ pub fn artifact_dir(kind: &str) -> PathBuf {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
         .collect();
-    let dir = artifacts_root().join(test).join(format!("{kind}-{seq}"));
+    // The pid keeps concurrent runs apart: CARGO_TARGET_TMPDIR lives in the
+    // build directory, which checkouts on one machine share.
+    let dir = artifacts_root().join(test).join(format!("{kind}-{}-{seq}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir

@@ -128,6 +128,11 @@ impl Role {
         self.proc.log_tail(lines)
     }
 
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.proc.log_path()).unwrap_or_default()
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&self) {
         self.proc.kill();
