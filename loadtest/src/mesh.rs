@@ -191,6 +191,9 @@ pub struct ServiceDef {
     pub dr: bool,
     pub header: String,
     pub pods: Vec<PodDef>,
+    /// Endpoint changes made to this service so far.
+    #[serde(default)]
+    pub moves: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -254,6 +257,7 @@ impl Mesh {
                 vs,
                 dr,
                 header: "initial".into(),
+                moves: 0,
                 name,
                 namespace,
                 pods,
@@ -414,7 +418,11 @@ impl Mesh {
         self.changes += 1;
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + self.changes as u32 * 2 + 1);
         let s = &mut self.services[i];
-        let pod = (self.changes as usize) % s.pods.len();
+        // Each change of a service moves its next pod: a pod moves again only
+        // after all of the service's pods have, so a change is not overwritten
+        // by a later one before it can converge.
+        let pod = s.moves % s.pods.len();
+        s.moves += 1;
         s.pods[pod].ip = ip;
         let cluster = s.http_cluster();
         ProbeSpec {
