@@ -35,6 +35,8 @@ cleanup() {
 	kill "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
 	rm -rf "$work"
+	# Keep meshplane's log only if it said something (warnings and up by default).
+	[[ -s "$out/meshplane.log" ]] || rm -f "$out/meshplane.log"
 }
 trap cleanup EXIT
 
