@@ -59,6 +59,11 @@ const DEFAULT_WINDOW: i64 = 65_535;
 /// partial-frame buffering stays bounded).
 const MAX_FRAME: usize = 16_384;
 
+/// Reconnect backoff: doubles from this (plus up to as much jitter) to
+/// [`MAX_BACKOFF`], and starts over once a connection has been accepted.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
 pub fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
@@ -116,7 +121,7 @@ pub async fn run(
     let mut seen = SeenControl::default();
     let seed = u64::from(proxies.first().map_or(0, |p| p.index));
     let mut wait_until = Some(start_at);
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         // Wait (for the ramp slot or a backoff), still answering control.
         while let Some(at) = wait_until {
@@ -142,6 +147,9 @@ pub async fn run(
             Ok(tcp) => {
                 let mut conn = Conn::new(tcp, proxies.len());
                 let end = conn.drive(&shared, &target, &mut proxies, &mut control, &mut seen).await;
+                if conn.established {
+                    backoff = FIRST_BACKOFF;
+                }
                 // On Stop, proxies keep their state for the final report.
                 if !matches!(end, End::Stop) {
                     let ctx = shared.ctx();
@@ -160,7 +168,7 @@ pub async fn run(
         match end {
             End::Stop => return proxies,
             End::Reconnect => {
-                backoff = Duration::from_millis(500);
+                backoff = FIRST_BACKOFF;
                 wait_until = None;
             }
             End::Lost(why) => {
@@ -168,7 +176,7 @@ pub async fn run(
                     shared.note_error(format!("connection lost: {why}"));
                 }
                 wait_until = Some(Instant::now() + backoff + jitter(seed, backoff));
-                backoff = (backoff * 2).min(Duration::from_secs(8));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
         if matches!(end, End::Reconnect) {
@@ -234,6 +242,8 @@ struct Conn {
     continuation: Option<(u32, Vec<u8>, bool)>,
     hpack: hpack::Decoder,
     goaway: bool,
+    /// The server accepted a stream on this connection.
+    established: bool,
 }
 
 enum ReadError {
@@ -264,6 +274,7 @@ impl Conn {
             continuation: None,
             hpack: hpack::Decoder::default(),
             goaway: false,
+            established: false,
         }
     }
 
@@ -583,6 +594,7 @@ impl Conn {
                 return Ok(());
             }
             if !end {
+                self.established = true;
                 proxies[i].on_connected(&shared.ctx());
             }
         }
