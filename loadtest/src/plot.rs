@@ -164,7 +164,26 @@ fn rss_cpu(report: &Report, path: &Path) -> Res {
         .build_cartesian_2d(0.0..max_t, 0.0..max_rss)
         .map_err(err)?;
     chart.configure_mesh().x_desc("s").y_desc("MiB").draw().map_err(err)?;
-    chart.draw_series(LineSeries::new(rss, BLUE.stroke_width(2))).map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(rss, BLUE.stroke_width(2)))
+        .map_err(err)?
+        .label("all")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    // One line per process when several were measured.
+    let pids: std::collections::BTreeSet<u32> = t.iter().flat_map(|x| x.target_rss_by_pid.keys().copied()).collect();
+    for (i, pid) in pids.iter().enumerate() {
+        let color = Palette99::pick(i + 1).to_rgba();
+        let line: Vec<(f64, f64)> =
+            t.iter().filter_map(|x| x.target_rss_by_pid.get(pid).map(|r| (x.t_s, *r as f64 / 1024.0))).collect();
+        chart
+            .draw_series(LineSeries::new(line, color.stroke_width(1)))
+            .map_err(err)?
+            .label(format!("pid {pid}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    if !pids.is_empty() {
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+    }
     let cpu: Vec<(f64, f64)> = t.iter().filter_map(|x| x.target_cpu.map(|c| (x.t_s, c))).collect();
     let max_cpu = cpu.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(&bottom)

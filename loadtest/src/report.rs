@@ -114,7 +114,9 @@ pub struct ChangeReport {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TargetReport {
-    pub pid: u32,
+    /// The processes measured; every figure is their sum.
+    #[serde(default)]
+    pub pids: Vec<u32>,
     /// Before any proxy connected.
     pub baseline: ProcSample,
     /// Once every proxy was synced.
@@ -156,6 +158,9 @@ pub struct Tick {
     /// Control-plane CPU use over the last interval, in cores (1.0 = one core).
     pub target_cpu: Option<f64>,
     pub loadtest_rss_kb: u64,
+    /// RSS of each target process, when there are several.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub target_rss_by_pid: std::collections::BTreeMap<u32, u64>,
 }
 
 /// The `q` quantile (0..=1) of sorted values.

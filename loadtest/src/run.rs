@@ -54,9 +54,10 @@ fn parse_type(s: &str) -> Result<XdsType, String> {
 
 #[derive(Clone, Debug, Serialize, clap::Args)]
 pub struct RunArgs {
-    /// The ADS server (meshplane, a frontend, istiod on 15010).
-    #[arg(long)]
-    pub xds: SocketAddr,
+    /// The ADS server (meshplane, a frontend, istiod on 15010). Several
+    /// (repeated or comma-separated): connections are spread over them in turn.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub xds: Vec<SocketAddr>,
     #[arg(long, default_value_t = 100)]
     pub proxies: usize,
     /// Length of the scenario phase, after every proxy is synced (seconds).
@@ -76,9 +77,10 @@ pub struct RunArgs {
     pub rate: Option<f64>,
     #[arg(long, value_enum, default_value_t = Api::Delta)]
     pub api: Api,
-    /// PID of the control plane, to sample its RSS and CPU from /proc.
-    #[arg(long)]
-    pub target_pid: Option<u32>,
+    /// PIDs of the control plane's processes (repeated or comma-separated),
+    /// to sample their RSS and CPU from /proc; figures are their sums.
+    #[arg(long, value_delimiter = ',')]
+    pub target_pid: Vec<u32>,
     /// ADS streams per HTTP/2 connection (1: a connection per proxy, like real sidecars).
     #[arg(long, default_value_t = 1)]
     pub streams_per_conn: usize,
@@ -210,7 +212,7 @@ impl Coord {
     }
 
     fn target_sample(&self) -> Option<ProcSample> {
-        self.args.target_pid.and_then(procstat::sample)
+        sample_targets(&self.args.target_pid)
     }
 
     fn loadtest_sample(&self) -> ProcSample {
@@ -294,7 +296,13 @@ impl Coord {
             self.peak_rss = self.peak_rss.max(t.rss_kb);
         }
         let converged: u64 = self.changes.values().map(|c| c.times_ms.len() as u64).sum();
+        let target_rss_by_pid = if self.args.target_pid.len() > 1 {
+            self.args.target_pid.iter().filter_map(|p| Some((*p, procstat::sample(*p)?.rss_kb))).collect()
+        } else {
+            BTreeMap::new()
+        };
         let tick = Tick {
+            target_rss_by_pid,
             t_s: now.duration_since(self.started).as_secs_f64(),
             connected: total.connected,
             synced: total.synced,
@@ -438,10 +446,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         _ => args.connect_rate / per_conn as f64,
     } / n_workers as f64;
 
-    let target_baseline = args
-        .target_pid
-        .map(|pid| procstat::sample(pid).with_context(|| format!("cannot read /proc/{pid} (--target-pid)")));
-    let target_baseline = target_baseline.transpose()?;
+    for pid in &args.target_pid {
+        procstat::sample(*pid).with_context(|| format!("cannot read /proc/{pid} (--target-pid)"))?;
+    }
+    let target_baseline = sample_targets(&args.target_pid);
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     let mut coord = Coord {
         started,
@@ -468,7 +476,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         let lo = (first_conn * per_conn).min(specs.len());
         let hi = ((first_conn + conns_per_worker) * per_conn).min(specs.len());
         let config = WorkerConfig {
-            xds: args.xds,
+            xds: args.xds.clone(),
             api: args.api,
             streams_per_conn: per_conn,
             connect_rate,
@@ -616,9 +624,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         })
         .collect();
     let cpu_per_push: Vec<f64> = changes.iter().filter_map(|c| c.target_cpu_s_per_proxy).collect();
-    let target = match (args.target_pid, target_baseline) {
-        (Some(pid), Some(baseline)) => Some(TargetReport {
-            pid,
+    let target = match target_baseline {
+        Some(baseline) => Some(TargetReport {
+            pids: args.target_pid.clone(),
             baseline,
             synced: target_synced,
             end: target_end,
@@ -690,6 +698,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         crate::plot::write_all(&report, dir)?;
     }
     Ok(report)
+}
+
+/// The sum over the target processes (`None` if none can be read).
+fn sample_targets(pids: &[u32]) -> Option<ProcSample> {
+    let samples: Vec<ProcSample> = pids.iter().filter_map(|p| procstat::sample(*p)).collect();
+    (!samples.is_empty()).then(|| ProcSample {
+        rss_kb: samples.iter().map(|s| s.rss_kb).sum(),
+        cpu_s: samples.iter().map(|s| s.cpu_s).sum(),
+    })
 }
 
 fn spawn_in_process(w: usize, config: WorkerConfig, events: mpsc::Sender<(usize, Event)>) -> WorkerLink {

@@ -33,7 +33,8 @@ use crate::stats::{Snapshot, Stats};
 /// Everything a worker needs to run its share of proxies.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkerConfig {
-    pub xds: SocketAddr,
+    /// ADS servers; connection `c` (global index) goes to `xds[c % len]`.
+    pub xds: Vec<SocketAddr>,
     pub api: Api,
     /// ADS streams multiplexed on each connection.
     pub streams_per_conn: usize,
@@ -147,7 +148,8 @@ pub async fn run(config: WorkerConfig, mut commands: mpsc::Receiver<Command>, ev
         Api::Delta => DELTA_PATH,
         Api::Sotw => SOTW_PATH,
     };
-    let header_block = Bytes::from(hpack::grpc_request_block(&config.xds.to_string(), path));
+    let header_blocks: Vec<Bytes> =
+        config.xds.iter().map(|a| Bytes::from(hpack::grpc_request_block(&a.to_string(), path))).collect();
     let nack_count = (config.proxies.len() as f64 * config.nack_share).round() as usize;
     let shared = Arc::new(Shared {
         names: Interner::default(),
@@ -162,15 +164,19 @@ pub async fn run(config: WorkerConfig, mut commands: mpsc::Receiver<Command>, ev
     let start = Instant::now();
     let mut tasks = Vec::new();
     let conns = config.proxies.len().div_ceil(per_conn);
-    let loopback = config.xds.ip().is_loopback();
+    if config.xds.is_empty() {
+        return;
+    }
     for c in 0..conns {
         let proxies: Vec<Proxy> = (c * per_conn..((c + 1) * per_conn).min(config.proxies.len()))
             .map(|i| Proxy::new(i as u32, config.api, config.nack.filter(|_| i < nack_count)))
             .collect();
+        let which = (config.first_conn + c) % config.xds.len();
+        let addr = config.xds[which];
         let target = Target {
-            addr: config.xds,
-            bind: (config.spread_sources && loopback).then(|| source_ip(config.first_conn + c)),
-            header_block: header_block.clone(),
+            addr,
+            bind: (config.spread_sources && addr.ip().is_loopback()).then(|| source_ip(config.first_conn + c)),
+            header_block: header_blocks[which].clone(),
         };
         let at = if config.connect_rate > 0.0 {
             start + Duration::from_secs_f64(c as f64 / config.connect_rate)

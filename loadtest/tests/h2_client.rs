@@ -109,7 +109,7 @@ async fn serve(ads: FakeAds) -> SocketAddr {
 
 fn config(xds: SocketAddr, proxies: usize, streams_per_conn: usize) -> WorkerConfig {
     WorkerConfig {
-        xds,
+        xds: vec![xds],
         api: Api::Delta,
         streams_per_conn,
         connect_rate: 0.0,
