@@ -178,7 +178,10 @@ fn rss_cpu(report: &Report, path: &Path) -> Res {
         chart
             .draw_series(LineSeries::new(line, color.stroke_width(1)))
             .map_err(err)?
-            .label(format!("pid {pid}"))
+            .label(match report.target.as_ref().and_then(|t| t.names.get(pid)) {
+                Some(name) => format!("{name} ({pid})"),
+                None => format!("pid {pid}"),
+            })
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
     if !pids.is_empty() {

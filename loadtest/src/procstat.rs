@@ -16,6 +16,19 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     sample_at(&Path::new("/proc").join(pid.to_string()))
 }
 
+/// A short name for a process: its program and first argument, from
+/// `/proc/PID/cmdline` (e.g. `meshplane shard`).
+pub fn name(pid: u32) -> Option<String> {
+    let raw = std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline")).ok()?;
+    let mut args = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
+    let program = args.next()?;
+    let program = program.rsplit('/').next().unwrap_or(&program).to_string();
+    Some(match args.next() {
+        Some(first) if !first.starts_with('-') => format!("{program} {first}"),
+        _ => program,
+    })
+}
+
 pub fn sample_self() -> Option<ProcSample> {
     sample_at(Path::new("/proc/self"))
 }
@@ -44,5 +57,6 @@ mod tests {
         let s = super::sample_self().unwrap();
         assert!(s.rss_kb > 100, "{s:?}");
         assert!(super::sample(std::process::id()).is_some());
+        assert!(super::name(std::process::id()).is_some_and(|n| !n.is_empty()));
     }
 }

@@ -117,6 +117,9 @@ pub struct TargetReport {
     /// The processes measured; every figure is their sum.
     #[serde(default)]
     pub pids: Vec<u32>,
+    /// What each process is (program and subcommand, from /proc/PID/cmdline).
+    #[serde(default)]
+    pub names: std::collections::BTreeMap<u32, String>,
     /// Before any proxy connected.
     pub baseline: ProcSample,
     /// Once every proxy was synced.

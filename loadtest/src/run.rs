@@ -627,6 +627,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let target = match target_baseline {
         Some(baseline) => Some(TargetReport {
             pids: args.target_pid.clone(),
+            names: args.target_pid.iter().filter_map(|p| Some((*p, procstat::name(*p)?))).collect(),
             baseline,
             synced: target_synced,
             end: target_end,
