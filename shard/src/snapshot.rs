@@ -308,6 +308,7 @@ impl MeshSnapshot {
             }
         }
 
+        let inventory = Inventory::new(&pods, &slices, &workload_entries);
         // Kubernetes services: one model per hostname; the first cluster (by id) defines ports.
         k8s_services.sort_by(|a, b| {
             (a.1.metadata.namespace(), &a.1.metadata.name, a.0).cmp(&(
@@ -321,8 +322,7 @@ impl MeshSnapshot {
             let ns = svc.metadata.namespace();
             let hostname = format!("{}.{ns}.{DOMAIN_SUFFIX}", svc.metadata.name);
             let model = models.entry(hostname.clone()).or_insert_with(|| kubernetes_service(svc, hostname.clone()));
-            let endpoints =
-                kubernetes_endpoints(cluster, svc, model, &slices, &pods, &workload_entries, &locality_of_node);
+            let endpoints = kubernetes_endpoints(cluster, svc, model, &inventory, &locality_of_node);
             snapshot.endpoints.entry(hostname).or_default().extend(endpoints);
         }
         // ServiceEntries: a model per host; the oldest entry for a host wins.
@@ -333,7 +333,7 @@ impl MeshSnapshot {
                     continue;
                 }
                 let model = service_entry_model(se, host);
-                let endpoints = service_entry_endpoints(se, &model, &pods, &workload_entries, &locality_of_node);
+                let endpoints = service_entry_endpoints(se, &model, &inventory, &locality_of_node);
                 snapshot.endpoints.insert(host.clone(), endpoints);
                 models.insert(host.clone(), model);
             }
@@ -394,31 +394,19 @@ fn kubernetes_service(svc: &Service, hostname: String) -> ServiceModel {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn kubernetes_endpoints(
     cluster: &str,
     svc: &Service,
     model: &ServiceModel,
-    slices: &[(&str, &meshplane_model::k8s::EndpointSlice)],
-    pods: &[(&str, &Pod)],
-    workload_entries: &[(&str, &WorkloadEntry)],
+    inventory: &Inventory<'_>,
     locality_of_node: &NodeLocality<'_>,
 ) -> Vec<EndpointModel> {
     let ns = svc.metadata.namespace();
     let name = svc.metadata.name.as_str();
-    let pod_by_name: HashMap<(&str, &str), &Pod> = pods
-        .iter()
-        .filter(|(c, _)| *c == cluster)
-        .map(|(_, p)| ((p.metadata.namespace(), p.metadata.name.as_str()), *p))
-        .collect();
-    let my_slices: Vec<_> = slices
-        .iter()
-        .filter(|(c, s)| *c == cluster && s.metadata.namespace() == ns && s.service_name() == Some(name))
-        .map(|(_, s)| *s)
-        .collect();
+    let my_slices = inventory.slices.get(&(cluster, ns, name)).map_or(&[][..], Vec::as_slice);
     let mut out = Vec::new();
     if !my_slices.is_empty() {
-        for slice in my_slices {
+        for slice in my_slices.iter().copied() {
             // Service port -> slice port, matched by port name.
             let ports: BTreeMap<u16, u16> = model
                 .ports
@@ -441,7 +429,7 @@ fn kubernetes_endpoints(
                     .as_ref()
                     .filter(|r| r.kind.as_deref().is_none_or(|k| k == "Pod"))
                     .and_then(|r| r.name.as_deref())
-                    .and_then(|n| pod_by_name.get(&(ns, n)));
+                    .and_then(|n| inventory.pod_by_name.get(&(cluster, ns, n)));
                 for address in &ep.addresses {
                     out.push(EndpointModel {
                         address: address.clone(),
@@ -464,12 +452,8 @@ fn kubernetes_endpoints(
     if selector.is_empty() {
         return out;
     }
-    for (c, pod) in pods {
-        if *c != cluster
-            || pod.metadata.namespace() != ns
-            || !pod.is_ready()
-            || !labels_match(selector, &pod.metadata.labels)
-        {
+    for (c, pod) in inventory.pods_selected(ns, selector) {
+        if c != cluster || !pod.is_ready() {
             continue;
         }
         let ports = model
@@ -495,10 +479,10 @@ fn kubernetes_endpoints(
         }
     }
     // Kubernetes Services also select WorkloadEntries (Istio's extension).
-    for (c, we) in workload_entries {
+    for (c, we) in inventory.workload_entries_in(ns) {
         let mut labels = we.metadata.labels.clone();
         labels.extend(we.spec.labels.clone());
-        if *c != cluster || we.metadata.namespace() != ns || !labels_match(selector, &labels) {
+        if c != cluster || !labels_match(selector, &labels) {
             continue;
         }
         out.push(workload_entry_endpoint(cluster, &we.spec, labels, model, locality_of_node));
@@ -576,8 +560,7 @@ fn service_entry_model(se: &ServiceEntry, host: &str) -> ServiceModel {
 fn service_entry_endpoints(
     se: &ServiceEntry,
     model: &ServiceModel,
-    pods: &[(&str, &Pod)],
-    workload_entries: &[(&str, &WorkloadEntry)],
+    inventory: &Inventory<'_>,
     locality_of_node: &NodeLocality<'_>,
 ) -> Vec<EndpointModel> {
     let ns = se.metadata.namespace();
@@ -588,18 +571,15 @@ fn service_entry_endpoints(
         .map(|ep| workload_entry_endpoint("", ep, ep.labels.clone(), model, locality_of_node))
         .collect();
     if let Some(selector) = &se.spec.workload_selector {
-        for (cluster, we) in workload_entries {
+        for (cluster, we) in inventory.workload_entries_in(ns) {
             let mut labels = we.metadata.labels.clone();
             labels.extend(we.spec.labels.clone());
-            if we.metadata.namespace() == ns && labels_match(&selector.labels, &labels) {
+            if labels_match(&selector.labels, &labels) {
                 out.push(workload_entry_endpoint(cluster, &we.spec, labels, model, locality_of_node));
             }
         }
-        for (cluster, pod) in pods {
-            if pod.metadata.namespace() != ns
-                || !pod.is_ready()
-                || !labels_match(&selector.labels, &pod.metadata.labels)
-            {
+        for (cluster, pod) in inventory.pods_selected(ns, &selector.labels) {
+            if !pod.is_ready() {
                 continue;
             }
             for ip in pod.ips() {
@@ -627,4 +607,76 @@ fn service_entry_endpoints(
         }
     }
     out
+}
+
+/// A pod and the cluster it runs in.
+type ClusterPod<'a> = (&'a str, &'a Pod);
+
+/// Pods, EndpointSlices and WorkloadEntries indexed once per snapshot, so
+/// that finding one service's endpoints looks at its own slices and at the
+/// pods carrying one of its selector's labels, not at the whole mesh.
+struct Inventory<'a> {
+    /// `(namespace, label key, label value)` -> pods with their cluster.
+    pods_by_label: HashMap<(&'a str, &'a str, &'a str), Vec<ClusterPod<'a>>>,
+    pods_by_namespace: HashMap<&'a str, Vec<ClusterPod<'a>>>,
+    /// `(cluster, namespace, name)`.
+    pod_by_name: HashMap<(&'a str, &'a str, &'a str), &'a Pod>,
+    /// `(cluster, namespace, service name)`.
+    slices: HashMap<(&'a str, &'a str, &'a str), Vec<&'a meshplane_model::k8s::EndpointSlice>>,
+    workload_entries: HashMap<&'a str, Vec<(&'a str, &'a WorkloadEntry)>>,
+}
+
+impl<'a> Inventory<'a> {
+    fn new(
+        pods: &[(&'a str, &'a Pod)],
+        slices: &[(&'a str, &'a meshplane_model::k8s::EndpointSlice)],
+        workload_entries: &[(&'a str, &'a WorkloadEntry)],
+    ) -> Inventory<'a> {
+        let mut inventory = Inventory {
+            pods_by_label: HashMap::new(),
+            pods_by_namespace: HashMap::new(),
+            pod_by_name: HashMap::new(),
+            slices: HashMap::new(),
+            workload_entries: HashMap::new(),
+        };
+        for &(cluster, pod) in pods {
+            let ns = pod.metadata.namespace();
+            inventory.pods_by_namespace.entry(ns).or_default().push((cluster, pod));
+            inventory.pod_by_name.insert((cluster, ns, pod.metadata.name.as_str()), pod);
+            for (k, v) in &pod.metadata.labels {
+                inventory.pods_by_label.entry((ns, k.as_str(), v.as_str())).or_default().push((cluster, pod));
+            }
+        }
+        for &(cluster, slice) in slices {
+            if let Some(service) = slice.service_name() {
+                inventory.slices.entry((cluster, slice.metadata.namespace(), service)).or_default().push(slice);
+            }
+        }
+        for &(cluster, we) in workload_entries {
+            inventory.workload_entries.entry(we.metadata.namespace()).or_default().push((cluster, we));
+        }
+        inventory
+    }
+
+    /// Pods of `namespace` matching `selector` (all of them for an empty
+    /// selector), with their cluster.
+    fn pods_selected<'s>(
+        &'s self,
+        namespace: &'s str,
+        selector: &'s BTreeMap<String, String>,
+    ) -> impl Iterator<Item = (&'a str, &'a Pod)> + 's {
+        let candidates = match selector.iter().next() {
+            Some((k, v)) => self.pods_by_label.get(&(namespace, k.as_str(), v.as_str())),
+            None => self.pods_by_namespace.get(namespace),
+        };
+        candidates
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .copied()
+            .filter(move |(_, pod)| labels_match(selector, &pod.metadata.labels))
+    }
+
+    fn workload_entries_in<'s>(&'s self, namespace: &str) -> impl Iterator<Item = (&'a str, &'a WorkloadEntry)> + 's {
+        self.workload_entries.get(namespace).map_or(&[][..], Vec::as_slice).iter().copied()
+    }
 }
