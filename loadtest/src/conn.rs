@@ -295,6 +295,49 @@ impl Conn {
         self.window_update(0, CONN_WINDOW - DEFAULT_WINDOW as u32);
     }
 
+    /// End the run politely: half-close every stream (the server sees the
+    /// request stream end, not a broken connection), say GOAWAY, and wait
+    /// (briefly) for the server to close.
+    async fn close(&mut self) {
+        for i in 0..self.slots.len() {
+            let stream = self.slots[i].stream;
+            if stream != 0 {
+                self.frame_header(0, DATA, END_STREAM, stream);
+            }
+        }
+        self.frame_header(8, GOAWAY, 0, 0);
+        self.wbuf.extend_from_slice(&[0; 8]);
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while !self.wbuf.is_empty() && Instant::now() < deadline {
+            match self.tcp.try_write(&self.wbuf) {
+                Ok(n) => {
+                    self.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if tokio::time::timeout_at(deadline, self.tcp.writable()).await.is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        // Let the server end its side (trailers, then closing the
+        // connection) before the socket is dropped.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut scratch = [0u8; 4096];
+        while Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.tcp.readable()).await {
+                Ok(Ok(())) => match self.tcp.try_read(&mut scratch) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                },
+                _ => break,
+            }
+        }
+    }
+
     fn window_update(&mut self, stream: u32, increment: u32) {
         self.frame_header(4, WINDOW_UPDATE, 0, stream);
         self.wbuf.extend_from_slice(&increment.to_be_bytes());
@@ -376,7 +419,11 @@ impl Conn {
                 },
                 Wake::Control(false) => return End::Stop,
                 Wake::Control(true) => {
-                    if let Some(end) = seen.apply(&control.borrow_and_update(), shared, proxies) {
+                    let end = seen.apply(&control.borrow_and_update(), shared, proxies);
+                    if let Some(end) = end {
+                        if matches!(end, End::Stop) {
+                            self.close().await;
+                        }
                         return end;
                     }
                 }
