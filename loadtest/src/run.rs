@@ -695,8 +695,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write --report {}", path.display()))?;
     }
-    if let Some(dir) = &args.plots {
-        crate::plot::write_all(&report, dir)?;
+    if let Some(dir) = &args.plots
+        && let Err(e) = crate::plot::write_all(&report, dir)
+    {
+        // The report is written; plots can be redrawn with `loadtest plot`.
+        eprintln!("loadtest: no plots: {e:#}");
     }
     Ok(report)
 }
