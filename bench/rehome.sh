@@ -9,12 +9,18 @@
 #
 #   bench/rehome.sh
 #
-# Environment (defaults): PROXIES=3000 SERVICES=200 PODS=10 NAMESPACES=10
-# SHARDS=3 DURATION=90 (loadtest scenario seconds after the initial sync)
-# BASE_PORT=27300 OUT=bench/results/rehome SKIP_BUILD= (set to skip the
-# release build; MESHPLANE_BIN and LOADTEST_BIN default to target/release)
-# MESHPLANE_LOG=warn,meshplane_frontend::rehome=debug.
-# Writes OUT/{summary.txt,summary.json,report.json,loadtest.log,logs/}.
+# Environment (defaults):
+#   PROXIES=3000 SERVICES=200 PODS=10 NAMESPACES=10 SHARDS=3
+#   DURATION=120         loadtest scenario seconds after the initial sync
+#   FULL_PUSH_SAMPLE=500 views read per phase to size a full push
+#   BASE_PORT=27300      topology ports (see scripts/topology.sh)
+#   OUT=bench/results/rehome
+#   SKIP_BUILD=          set: no release build
+#   KEEP_LOGS=           set: copy the processes' logs to OUT/logs
+#   MESHPLANE_BIN, LOADTEST_BIN   default: target/release of this checkout
+#   MESHPLANE_LOG=warn,meshplane_frontend::rehome=debug (the per-move lines)
+# Writes OUT/{summary.txt,summary.json,report.json,loadtest.log} and the
+# per-phase proxy lists, metrics scrapes and full-push sizes.
 # Everything runs on loopback and is stopped by PID at the end.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +30,8 @@ SERVICES=${SERVICES:-200}
 PODS=${PODS:-10}
 NAMESPACES=${NAMESPACES:-10}
 SHARDS=${SHARDS:-3}
-DURATION=${DURATION:-90}
+DURATION=${DURATION:-120}
+FULL_PUSH_SAMPLE=${FULL_PUSH_SAMPLE:-500}
 BASE=${BASE_PORT:-27300}
 OUT=${OUT:-$root/bench/results/rehome}
 export MESHPLANE_LOG=${MESHPLANE_LOG:-warn,meshplane_frontend::rehome=debug}
@@ -44,7 +51,9 @@ frontend_admin=http://127.0.0.1:$((BASE + 30))
 xds=127.0.0.1:$((BASE + 10))
 lt_pid=
 mkdir -p "$OUT"
-rm -rf "$OUT/logs"
+# Nothing of an earlier run may be read as this one's.
+rm -rf "$OUT/logs" "$OUT"/{summary.txt,summary.json,report.json,loadtest.log}
+rm -f "$OUT"/*.proxies "$OUT"/*.metrics.* "$OUT"/*.full_push.json "$OUT"/*.t0 "$OUT"/*.victim
 
 cleanup() {
 	if [[ -n $lt_pid ]] && kill -0 "$lt_pid" 2>/dev/null; then
@@ -52,7 +61,9 @@ cleanup() {
 		wait "$lt_pid" 2>/dev/null || true
 	fi
 	MESHPLANE_STOP_GRACE=10 scripts/topology.sh stop >/dev/null 2>&1 || true
-	cp -r "$work/topology/logs" "$OUT/logs" 2>/dev/null || true
+	if [[ -n ${KEEP_LOGS:-} ]]; then
+		cp -r "$work/topology/logs" "$OUT/logs" 2>/dev/null || true
+	fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -61,6 +72,7 @@ cat >"$work/analyze.py" <<'EOF'
 import datetime, json, re, sys, urllib.parse, urllib.request
 cmd, out, topo, base = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 out_name = sys.argv[5] if len(sys.argv) > 5 else None
+sample = int(sys.argv[6]) if len(sys.argv) > 6 else 500
 
 def parse_metrics(path):
     m = {}
@@ -118,7 +130,10 @@ def fullpush(name):
     conns = json.load(urllib.request.urlopen(f"http://127.0.0.1:{base + 30}/debug/connections", timeout=10))
     owner = {p["proxy"]: p["shard"] for p in conns["proxies"]}
     res = byt = n = 0
-    for p in open(f"{out}/{name}.proxies").read().split():
+    proxies = open(f"{out}/{name}.proxies").read().split()
+    # An even sample: reading every view takes ~15 ms each.
+    step = max(1, len(proxies) // sample)
+    for p in proxies[::step]:
         shard = owner.get(p)
         if not shard:
             continue
@@ -131,10 +146,13 @@ def fullpush(name):
             continue
         r, b = full_push(dump)
         res, byt, n = res + r, byt + b, n + 1
-    fp = {"proxies": n, "resources": res, "bytes": byt,
+    # Scaled from the sample to every proxy the phase moved.
+    k = len(proxies) / max(n, 1)
+    fp = {"proxies": len(proxies), "sampled": n, "resources": round(res * k), "bytes": round(byt * k),
           "per_proxy_resources": res / max(n, 1), "per_proxy_bytes": byt / max(n, 1)}
     json.dump(fp, open(f"{out}/{name}.full_push.json", "w"))
-    print(f"{name}: full push to {n} proxies: {res} resources, {byt} bytes")
+    print(f"{name}: a full push to the {len(proxies)} proxies (views of {n} read): "
+          f"{fp['resources']} resources, {fp['bytes']} bytes")
 
 if cmd == "fullpush":
     fullpush(out_name)
@@ -162,11 +180,13 @@ def pct(xs, q):
     return xs[i]
 
 summary = {}
-for name, reason in [("kill9", "upstream_failure"), ("drain", "membership")]:
-    t0 = float(open(f"{out}/{name}.t0").read())
+phases = [("kill9", "upstream_failure"), ("drain", "membership")]
+starts = [float(open(f"{out}/{name}.t0").read()) for name, _ in phases] + [float("inf")]
+for k, (name, reason) in enumerate(phases):
+    t0, t_next = starts[k], starts[k + 1]
     victim = open(f"{out}/{name}.victim").read().strip()
     proxies = set(open(f"{out}/{name}.proxies").read().split())
-    mine = [r for r in rehomed if r["t"] >= t0 - 1 and r["reason"] == reason]
+    mine = [r for r in rehomed if t0 <= r["t"] < t_next and r["reason"] == reason]
     moved = [r for r in mine if r["proxy"] in proxies]
     others = [r for r in mine if r["proxy"] not in proxies]
     before, after = parse_metrics(f"{out}/{name}.metrics.before"), parse_metrics(f"{out}/{name}.metrics.after")
@@ -187,6 +207,7 @@ for name, reason in [("kill9", "upstream_failure"), ("drain", "membership")]:
             "rehome_resources": d(f"meshplane_frontend_rehome_resources_total{lab}"),
             "rehome_bytes": d(f"meshplane_frontend_rehome_bytes_total{lab}"),
             "rehomes_counter": d(f"meshplane_frontend_rehomes_total{lab}"),
+            "moves_started": {r: d(f'meshplane_frontend_rehomes_total{{reason="{r}"}}') for r in ("membership", "upstream_failure")},
             "upstream_errors": d("meshplane_frontend_upstream_errors_total"),
             "stale_acks": d('meshplane_frontend_stale_nonces_total{kind="ack"}'),
             "stale_nacks": d('meshplane_frontend_stale_nonces_total{kind="nack"}'),
@@ -227,8 +248,13 @@ for name in ("kill9", "drain"):
     print(f"   metrics: {m['histogram_count']:.0f} re-homes, mean {m['histogram_sum_s'] / max(m['histogram_count'], 1) * 1e3:.0f} ms; "
           f"sent {m['rehome_resources']:.0f} resources, {m['rehome_bytes']:.0f} bytes; "
           f"stale acks {m['stale_acks']:.0f} nacks {m['stale_nacks']:.0f}")
+    ms_ = m["moves_started"]
+    extra = ms_["membership"] + ms_["upstream_failure"] - s["proxies_on_victim"]
+    print(f"   moves started in this phase: {ms_['membership']:.0f} membership, {ms_['upstream_failure']:.0f} upstream_failure"
+          + (f" ({extra:.0f} more than the victim's proxies: streams to other shards failed too)" if extra > 0 else "")
+          + f"; upstream errors {m['upstream_errors']:.0f}")
     if fp:
-        print(f"   full push to the same {fp['proxies']} proxies: {fp['resources']} resources, {fp['bytes']} bytes "
+        print(f"   full push to the same {fp['proxies']} proxies ({fp['sampled']} sampled): {fp['resources']} resources, {fp['bytes']} bytes "
               f"({fp['per_proxy_resources']:.0f} resources, {fp['per_proxy_bytes'] / 1024:.1f} KiB per proxy); "
               f"sent/full = {m['rehome_resources'] / max(fp['resources'], 1):.4f} resources, "
               f"{m['rehome_bytes'] / max(fp['bytes'], 1):.4f} bytes; "
@@ -340,7 +366,7 @@ phase() {
 		t_done=$(now)
 		log "$name: $moved $reason re-homes completed; polled at +$(python3 -c "print(f'{$t_done - $t0:.2f}')") s"
 	fi
-	python3 "$work/analyze.py" fullpush "$OUT" "$work/topology" "$BASE" "$name" | tee -a "$OUT/summary.txt" >&2
+	python3 "$work/analyze.py" fullpush "$OUT" "$work/topology" "$BASE" "$name" "$FULL_PUSH_SAMPLE" | tee -a "$OUT/summary.txt" >&2
 	# Let the lease expire or the drain finish: no proxy may move twice.
 	sleep 8
 	metrics >"$OUT/$name.metrics.after"
