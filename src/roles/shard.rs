@@ -122,6 +122,10 @@ pub async fn run(args: ShardArgs) -> anyhow::Result<ExitCode> {
             // Every proxy a frontend relays here is one stream on one
             // connection: do not cap streams per connection.
             .max_concurrent_streams(None)
+            // Large windows, as on the frontend's side: many streams' small
+            // frames share this connection's budget (see RELAY_CONNECTION_WINDOW).
+            .initial_connection_window_size(meshplane_frontend::relay::RELAY_CONNECTION_WINDOW)
+            .initial_stream_window_size(meshplane_frontend::relay::RELAY_STREAM_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .add_service(ads.into_service())

@@ -115,7 +115,7 @@ mod sotw;
 
 pub use delta::DeltaRelay;
 pub use rehome::{HistogramSnapshot, REHOME_BUCKETS, RehomeReason, Rehomed};
-pub use server::{RelayConfig, RelayMetrics, RelayServer};
+pub use server::{RELAY_CONNECTION_WINDOW, RELAY_STREAM_WINDOW, RelayConfig, RelayMetrics, RelayServer};
 pub use sotw::SotwRelay;
 
 #[cfg(test)]

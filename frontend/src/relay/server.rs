@@ -86,6 +86,11 @@ pub struct RelayConfig {
     pub retry_max: Duration,
 }
 
+/// HTTP/2 flow-control windows of the multiplexed frontend-to-shard
+/// connections (the shard server uses the same).
+pub const RELAY_CONNECTION_WINDOW: u32 = 32 << 20;
+pub const RELAY_STREAM_WINDOW: u32 = 1 << 20;
+
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
@@ -245,7 +250,14 @@ impl Shared {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
-            .http2_adaptive_window(true)
+            // Thousands of streams share this connection, and each small
+            // frame (an ACK, an empty answer) is charged against h2's budget
+            // of half the connection window until read: with a 64 KiB window
+            // a push to every stream closed the connection (GOAWAY
+            // ENHANCE_YOUR_CALM) and every stream re-homed at once
+            // (docs/benchmarks.md, "Re-homing", finding 1).
+            .initial_connection_window_size(RELAY_CONNECTION_WINDOW)
+            .initial_stream_window_size(RELAY_STREAM_WINDOW)
             .connect_lazy();
         channels.insert(shard.record.id.as_str().into(), (addr.clone(), channel.clone()));
         Ok(channel)
