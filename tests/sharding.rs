@@ -333,9 +333,20 @@ fn shard_crash_join_and_drain_move_proxies_without_a_failed_request() {
 
     // A shard joins: the proxies it now owns move to it.
     let joined = cluster.topology.add_shard().name.clone();
-    wait_for(SETTLE, &format!("{joined} to take over at least one proxy"), || {
+    wait_for(SETTLE, &format!("every proxy on the owner the ring gives it once {joined} joined"), || {
         let owners = cluster.topology.owners();
-        owners.iter().any(|(_, s)| *s == joined).then_some(()).ok_or(owners)
+        let live: Vec<&str> =
+            cluster.topology.shards.iter().filter(|s| s.exited().is_none()).map(|s| s.name.as_str()).collect();
+        let expected: Vec<(String, String)> = (0..CLIENTS)
+            .map(|i| {
+                let node = cluster.node_id(i);
+                let owner = live.iter().max_by_key(|s| meshplane_frontend::ring::score(s, &node)).unwrap();
+                (node, owner.to_string())
+            })
+            .collect();
+        let mut expected = expected;
+        expected.sort();
+        (owners == expected).then_some(()).ok_or(format!("relayed {owners:?}, ring {expected:?}"))
     });
     traffic.assert_flowing(100, &format!("after {joined} joined"));
     cluster.wait_converged(&format!("after {joined} joined"));
