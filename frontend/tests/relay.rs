@@ -338,6 +338,8 @@ struct DeltaProxy {
     resent: Vec<(String, String)>,
     /// Resources received, in all.
     received: usize,
+    /// ACKs this proxy sent (to wait until the relay has passed them on).
+    acks_sent: u64,
     /// Resources withdrawn: (type, name).
     removed: Vec<(String, String)>,
     /// The highest `system_version_info` received.
@@ -363,6 +365,7 @@ impl DeltaProxy {
             held: BTreeMap::new(),
             resent: Vec::new(),
             received: 0,
+            acks_sent: 0,
             removed: Vec::new(),
             revision: 0,
         }
@@ -398,7 +401,8 @@ impl DeltaProxy {
         self.revision = self.revision.max(resp.system_version_info.parse().unwrap_or(0));
     }
 
-    async fn ack(&self, resp: &DeltaDiscoveryResponse) {
+    async fn ack(&mut self, resp: &DeltaDiscoveryResponse) {
+        self.acks_sent += 1;
         self.send(DeltaDiscoveryRequest {
             type_url: resp.type_url.clone(),
             response_nonce: resp.nonce.clone(),
@@ -558,6 +562,10 @@ async fn delta_proxy_moves_at_once_when_its_owner_dies() {
     shards[owner].wait_serving(&[PRODUCTPAGE]).await;
     proxy.fetch_all(&shards[owner], PRODUCTPAGE).await;
     let received = proxy.received;
+    // The relay records versions as it passes the proxy's ACKs on: wait until
+    // the owner has them all, so the move's replay names every version held.
+    let acks = proxy.acks_sent;
+    wait_until(|| shards[owner].ads.acks() >= acks).await;
 
     // kill -9: the lease is still there, but the stream fails and the relay
     // moves the proxy at once, to the shard the membership will pick once the
@@ -760,4 +768,13 @@ async fn sotw_proxy_moves_without_a_reset_and_keeps_acking() {
         .await
         .unwrap();
     assert_eq!(frontend.metrics.rehomes_membership(), 1);
+}
+
+/// Poll an observable condition until it holds, failing after `PATIENCE`.
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -55,9 +55,15 @@ pub struct AdsMetrics {
     connected: AtomicI64,
     pushes: [AtomicU64; ResourceType::ALL.len()],
     rejects: AtomicU64,
+    acks: AtomicU64,
 }
 
 impl AdsMetrics {
+    /// Responses proxies have ACKed.
+    pub fn acks(&self) -> u64 {
+        self.acks.load(Ordering::Relaxed)
+    }
+
     /// `pilot_xds`: proxies connected now.
     pub fn connected_proxies(&self) -> i64 {
         self.connected.load(Ordering::Relaxed)
@@ -368,6 +374,7 @@ async fn flush<P: Protocol>(
     for event in core.take_events() {
         match event {
             StreamEvent::Ack { ty, nonce } => {
+                metrics.acks.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(proxy = %proxy_id, %ty, %nonce, "ACK")
             }
             StreamEvent::Nack { ty, nonce, names, code, message } => {
