@@ -5,8 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{Json, Response};
 use axum::routing::get;
 use meshplane_registry_sync::directory::SourceStatus;
 use meshplane_shard::ads::AdsMetrics;
@@ -35,9 +34,7 @@ pub async fn serve(
         .route("/debug/configz", get(configz))
         .route("/debug/registryz", get(registryz))
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-        tracing::error!(error = %e, "admin server failed");
-    }
+    crate::roles::serve_admin(listener, app, shutdown).await;
 }
 
 /// 200 once the configuration is loaded and the shard serves it.
@@ -46,12 +43,11 @@ async fn ready(State(state): State<AdminState>) -> Response {
     let serving = *state.shard.ready().borrow();
     let snapshot = state.shard.snapshot();
     let configured = state.directory.borrow().last_revision.is_none_or(|r| snapshot.revision >= r);
-    if loaded && serving && configured {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        let why = if !loaded { "loading --config-dir" } else { "building the first mesh snapshot" };
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response()
-    }
+    crate::roles::readiness(match (loaded, serving && configured) {
+        (false, _) => Some("loading --config-dir".into()),
+        (true, false) => Some("building the first mesh snapshot".into()),
+        (true, true) => None,
+    })
 }
 
 async fn config_dump(State(state): State<AdminState>, Query(q): Query<HashMap<String, String>>) -> Response {
