@@ -46,7 +46,7 @@ use tokio::time::Instant;
 
 use crate::ads::{ProxySubscription, SubscribeError, ViewSource};
 use crate::debounce::{DebounceConfig, Debouncer};
-use crate::generate::{EndpointCache, ProxyClass, generate};
+use crate::generate::{EndpointCache, EndpointUse, ProxyClass, Refresh, generate_class, refresh_endpoints};
 use crate::resources::{ProxyView, ResourceType};
 use crate::snapshot::{MeshSnapshot, MeshState};
 
@@ -54,6 +54,13 @@ use crate::snapshot::{MeshSnapshot, MeshState};
 #[derive(Clone, Debug, Default)]
 pub struct ShardConfig {
     pub debounce: DebounceConfig,
+}
+
+/// A class's config and what of the snapshot's endpoints it was made from.
+#[derive(Clone)]
+struct ClassConfig {
+    view: Arc<ProxyView>,
+    uses: Arc<EndpointUse>,
 }
 
 struct ProxyEntry {
@@ -69,6 +76,11 @@ struct ProxyEntry {
 pub struct ShardStats {
     pub rebuilds: AtomicU64,
     pub classes_generated: AtomicU64,
+    /// Classes brought up to date by an endpoint-only rebuild without being
+    /// generated again (their ClusterLoadAssignments replaced).
+    pub classes_refreshed: AtomicU64,
+    /// Rebuilds in which only endpoints changed.
+    pub endpoint_rebuilds: AtomicU64,
     pub proxy_pushes: AtomicU64,
     pub store_errors: AtomicU64,
     pub decode_errors: AtomicU64,
@@ -78,8 +90,8 @@ struct Inner {
     store: Arc<dyn Store>,
     config: ShardConfig,
     snapshot: RwLock<Arc<MeshSnapshot>>,
-    /// Class views generated from the current snapshot.
-    classes: Mutex<HashMap<ProxyClass, Arc<ProxyView>>>,
+    /// Class configs generated from the current snapshot.
+    classes: Mutex<HashMap<ProxyClass, ClassConfig>>,
     proxies: Mutex<BTreeMap<u64, ProxyEntry>>,
     next_connection: AtomicU64,
     endpoints: EndpointCache,
@@ -268,26 +280,55 @@ impl Shard {
     /// Content is compared once per class: a class whose new config equals
     /// its previous one keeps the previous `Arc`, so its proxies are checked
     /// with a pointer comparison and not woken at all.
+    ///
+    /// When only endpoints changed (the snapshot's other config inputs are
+    /// equal to the previous one's), classes are not generated again: each
+    /// class's ClusterLoadAssignments for the changed hosts are looked up in
+    /// the shared [`EndpointCache`] (encoded once for every class), and a
+    /// class none of whose endpoints changed keeps its view.
     fn publish(&self, snapshot: Arc<MeshSnapshot>) {
         let inner = &self.inner;
         inner.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
-        *inner.snapshot.write().expect("snapshot lock poisoned") = snapshot.clone();
-        inner.endpoints.begin_round();
+        let before = std::mem::replace(&mut *inner.snapshot.write().expect("snapshot lock poisoned"), snapshot.clone());
+        let endpoints_only = snapshot.same_config_inputs(&before);
+        let changed_hosts = if endpoints_only { snapshot.changed_endpoint_hosts(&before) } else { Default::default() };
+        if endpoints_only {
+            inner.stats.endpoint_rebuilds.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // A full round: cache entries no class uses any more are swept after it.
+            inner.endpoints.begin_round();
+        }
         let previous = std::mem::take(&mut *inner.classes.lock().expect("classes lock poisoned"));
-        let mut fresh: HashMap<ProxyClass, Arc<ProxyView>> = HashMap::new();
+        let mut fresh: HashMap<ProxyClass, ClassConfig> = HashMap::new();
         let mut proxies = inner.proxies.lock().expect("proxies lock poisoned");
         for entry in proxies.values_mut() {
             entry.class = classify(&snapshot, &entry.node, &entry.metadata);
             let view = fresh
                 .entry(entry.class.clone())
                 .or_insert_with(|| {
-                    inner.stats.classes_generated.fetch_add(1, Ordering::Relaxed);
-                    let view = generate(&snapshot, &entry.class, &inner.endpoints);
-                    match previous.get(&entry.class) {
-                        Some(old) if old.same_content(&view) => old.clone(),
-                        _ => Arc::new(view),
+                    let old = previous.get(&entry.class);
+                    if endpoints_only && let Some(old) = old {
+                        match refresh_endpoints(&old.view, &old.uses, &snapshot, &changed_hosts, &inner.endpoints) {
+                            Refresh::Unchanged => return old.clone(),
+                            Refresh::Endpoints(view) => {
+                                inner.stats.classes_refreshed.fetch_add(1, Ordering::Relaxed);
+                                return ClassConfig { view: Arc::new(view), uses: old.uses.clone() };
+                            }
+                            Refresh::Regenerate => {}
+                        }
+                    }
+                    let new = self.generate(&snapshot, &entry.class);
+                    match old {
+                        // Same content: keep the old view so its proxies are not woken,
+                        // but the new endpoint inputs (a subset's labels may have changed
+                        // without changing which endpoints it selects today).
+                        Some(old) if old.view.same_content(&new.view) => {
+                            ClassConfig { view: old.view.clone(), uses: new.uses }
+                        }
+                        _ => new,
                     }
                 })
+                .view
                 .clone();
             if !Arc::ptr_eq(&entry.views.borrow(), &view) {
                 inner.stats.proxy_pushes.fetch_add(1, Ordering::Relaxed);
@@ -295,10 +336,18 @@ impl Shard {
             }
         }
         drop(proxies);
-        inner.endpoints.sweep();
+        if !endpoints_only {
+            inner.endpoints.sweep();
+        }
         *inner.classes.lock().expect("classes lock poisoned") = fresh;
         // Last: a stream waiting for this revision wakes to its new view.
         self.advance_revision(snapshot.revision);
+    }
+
+    fn generate(&self, snapshot: &MeshSnapshot, class: &ProxyClass) -> ClassConfig {
+        self.inner.stats.classes_generated.fetch_add(1, Ordering::Relaxed);
+        let (view, uses) = generate_class(snapshot, class, &self.inner.endpoints);
+        ClassConfig { view: Arc::new(view), uses: Arc::new(uses) }
     }
 
     fn advance_revision(&self, revision: Revision) {
@@ -314,13 +363,12 @@ impl Shard {
     /// The view of a class from the current snapshot, generating it if no
     /// connected proxy has that class yet.
     fn class_view(&self, class: &ProxyClass) -> Arc<ProxyView> {
-        if let Some(view) = self.inner.classes.lock().expect("classes lock poisoned").get(class) {
-            return view.clone();
+        if let Some(config) = self.inner.classes.lock().expect("classes lock poisoned").get(class) {
+            return config.view.clone();
         }
-        let snapshot = self.snapshot();
-        let view = Arc::new(generate(&snapshot, class, &self.inner.endpoints));
-        self.inner.stats.classes_generated.fetch_add(1, Ordering::Relaxed);
-        self.inner.classes.lock().expect("classes lock poisoned").insert(class.clone(), view.clone());
+        let config = self.generate(&self.snapshot(), class);
+        let view = config.view.clone();
+        self.inner.classes.lock().expect("classes lock poisoned").insert(class.clone(), config);
         view
     }
 
@@ -607,6 +655,75 @@ status: {podIP: 10.0.0.2}
         let registered = put_membership(&store, "shard-x").await;
         revisions.wait_for(|r| *r == registered).await.unwrap();
         assert_eq!(shard.stats().rebuilds.load(Ordering::Relaxed), rebuilds, "no rebuild for a membership write");
+    }
+
+    /// Write YAML and wait until the shard's views reflect it.
+    async fn apply_and_wait(store: &EmbeddedStore, shard: &Shard, yaml: &str) {
+        put_yaml(store, yaml).await;
+        let written = store.revision().await.unwrap();
+        shard.revisions().unwrap().wait_for(|r| *r >= written).await.unwrap();
+    }
+
+    fn pod_yaml(name: &str, ip: &str, labels: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: ns-b, labels: {labels}}}\nstatus: {{podIP: {ip}}}\n"
+        )
+    }
+
+    const B_SELECTING: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: ns-b}\nspec: {selector: {app: b}, ports: [{name: http, port: 80}]}\n";
+
+    /// The view a proxy has equals what generating its class from the
+    /// shard's snapshot gives.
+    fn assert_view_is_generated(shard: &Shard, sub: &ProxySubscription) {
+        let info = shard.proxy_view(&sub.proxy_id).expect("connected");
+        let expected = crate::generate::generate(&shard.snapshot(), &info.class, &EndpointCache::default());
+        assert!(sub.views.borrow().same_content(&expected), "the served view differs from a generation");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_change_refreshes_classes_without_generating_them() {
+        let (store, shard, _stop) = started().await;
+        let mut a = shard.subscribe(&node("10.0.0.1", "a-1", "ns-a")).unwrap();
+        let mut b = shard.subscribe(&node("10.0.0.2", "b-1", "ns-b")).unwrap();
+        apply_and_wait(&store, &shard, B_SELECTING).await;
+        a.views.borrow_and_update();
+        b.views.borrow_and_update();
+        let stats = shard.stats();
+        let (generated, refreshed) =
+            (stats.classes_generated.load(Ordering::Relaxed), stats.classes_refreshed.load(Ordering::Relaxed));
+        let endpoint_rebuilds = stats.endpoint_rebuilds.load(Ordering::Relaxed);
+
+        apply_and_wait(&store, &shard, &pod_yaml("b-2", "10.0.0.3", "{app: b}")).await;
+        let view = next_view(&mut b).await;
+        let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+            prost::Message::decode(view.endpoints["outbound|80||b.ns-b.svc.cluster.local"].body.clone()).unwrap();
+        assert_eq!(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 2);
+        assert_view_is_generated(&shard, &b);
+        assert_eq!(stats.endpoint_rebuilds.load(Ordering::Relaxed), endpoint_rebuilds + 1);
+        assert_eq!(stats.classes_generated.load(Ordering::Relaxed), generated, "no class generated again");
+        assert_eq!(stats.classes_refreshed.load(Ordering::Relaxed), refreshed + 1, "ns-b's class refreshed");
+        assert!(!a.views.has_changed().unwrap(), "ns-a does not see b: not woken");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subset_redefined_to_select_the_same_endpoints_is_used_for_the_next_endpoint_change() {
+        let (store, shard, _stop) = started().await;
+        let b = shard.subscribe(&node("10.0.0.2", "b-1", "ns-b")).unwrap();
+        let rule = |labels: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: b, namespace: ns-b}}\nspec: {{host: b, subsets: [{{name: v1, labels: {labels}}}]}}\n"
+            )
+        };
+        apply_and_wait(&store, &shard, B_SELECTING).await;
+        apply_and_wait(&store, &shard, &pod_yaml("b-1", "10.0.0.2", "{app: b, version: v1, tier: x}")).await;
+        apply_and_wait(&store, &shard, &rule("{version: v1}")).await;
+        let before = b.views.borrow().clone();
+        // Same endpoints selected, so the same config: the view is kept...
+        apply_and_wait(&store, &shard, &rule("{version: v1, tier: x}")).await;
+        assert!(Arc::ptr_eq(&before, &b.views.borrow()));
+        // ...but a pod of v1 without tier x is not in the subset.
+        apply_and_wait(&store, &shard, &pod_yaml("b-2", "10.0.0.3", "{app: b, version: v1}")).await;
+        assert_view_is_generated(&shard, &b);
     }
 
     #[tokio::test(start_paused = true)]

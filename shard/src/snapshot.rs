@@ -11,7 +11,7 @@
 //! [`ServiceModel`]; the same hostname from several clusters is one service
 //! whose endpoints are merged, each keeping its cluster and locality.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -231,6 +231,36 @@ impl MeshSnapshot {
             .iter()
             .find(|w| Some(w.namespace.as_str()) == namespace)
             .or_else(|| namespace.is_none().then(|| candidates.first()).flatten())
+    }
+
+    /// Whether config generation reads the same inputs from both snapshots,
+    /// apart from endpoints: services, VirtualServices, DestinationRules and
+    /// Sidecars are equal. Endpoints (and the workloads proxies are
+    /// classified by) may differ.
+    ///
+    /// Compares what `build` made, not which objects changed, so it stays
+    /// true to whatever `build` derives services from.
+    pub fn same_config_inputs(&self, other: &MeshSnapshot) -> bool {
+        self.services == other.services
+            && self.virtual_services == other.virtual_services
+            && self.destination_rules == other.destination_rules
+            && self.sidecars == other.sidecars
+    }
+
+    /// The hosts whose endpoints differ between `previous` and this snapshot.
+    pub fn changed_endpoint_hosts<'a>(&'a self, previous: &'a MeshSnapshot) -> HashSet<&'a str> {
+        let mut changed: HashSet<&str> = HashSet::new();
+        for (host, endpoints) in &self.endpoints {
+            if previous.endpoints.get(host) != Some(endpoints) {
+                changed.insert(host);
+            }
+        }
+        for host in previous.endpoints.keys() {
+            if !self.endpoints.contains_key(host) {
+                changed.insert(host);
+            }
+        }
+        changed
     }
 
     pub fn build(state: &MeshState, revision: i64) -> MeshSnapshot {

@@ -141,6 +141,18 @@ pub fn register_shard(registry: &mut Registry, shard: Shard, registered: watch::
                 load(&stats.classes_generated),
             ),
             Family::one(
+                "meshplane_shard_classes_refreshed",
+                "Proxy-class configs brought up to date by an endpoint-only rebuild without being generated again.",
+                Kind::Counter,
+                load(&stats.classes_refreshed),
+            ),
+            Family::one(
+                "meshplane_shard_endpoint_rebuilds",
+                "Rebuilds in which only endpoints changed.",
+                Kind::Counter,
+                load(&stats.endpoint_rebuilds),
+            ),
+            Family::one(
                 "meshplane_shard_proxy_pushes",
                 "Proxy views changed by a rebuild.",
                 Kind::Counter,

@@ -168,6 +168,17 @@ impl EndpointCache {
 
 /// Generate the config of one class of proxy.
 pub fn generate(snapshot: &MeshSnapshot, class: &ProxyClass, endpoints: &EndpointCache) -> ProxyView {
+    generate_class(snapshot, class, endpoints).0
+}
+
+/// Generate the config of one class of proxy, and record which of the
+/// snapshot's endpoints it was made from, so that a change of endpoints alone
+/// can be applied by [`refresh_endpoints`] without generating it again.
+pub fn generate_class(
+    snapshot: &MeshSnapshot,
+    class: &ProxyClass,
+    endpoints: &EndpointCache,
+) -> (ProxyView, EndpointUse) {
     let scope = ProxyScope::new(snapshot, &class.namespace, &class.labels);
     let mut g = Generator {
         snapshot,
@@ -175,6 +186,7 @@ pub fn generate(snapshot: &MeshSnapshot, class: &ProxyClass, endpoints: &Endpoin
         scope: &scope,
         view: ProxyView { revision: snapshot.revision, ..Default::default() },
         wanted_clusters: BTreeSet::new(),
+        uses: EndpointUse::default(),
     };
     if class.grpc {
         g.grpc_listeners();
@@ -183,7 +195,73 @@ pub fn generate(snapshot: &MeshSnapshot, class: &ProxyClass, endpoints: &Endpoin
         g.inbound();
     }
     g.clusters(endpoints);
-    g.view
+    (g.view, g.uses)
+}
+
+/// Which of a snapshot's endpoints a class's config depends on.
+///
+/// Everything else a class's config is made from (services, VirtualServices,
+/// DestinationRules, Sidecars) is compared by [`MeshSnapshot::same_config_inputs`];
+/// when that holds, only these can differ.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointUse {
+    /// The ClusterLoadAssignments served by EDS, with their inputs.
+    assignments: Vec<Assignment>,
+    /// Hosts whose endpoints are written into a Cluster itself (DNS
+    /// ServiceEntries, `resolution: NONE` with or without endpoints): a change
+    /// to them needs the class generated again.
+    in_clusters: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Assignment {
+    name: String,
+    host: String,
+    port: u16,
+    subset: Option<BTreeMap<String, String>>,
+}
+
+/// What [`refresh_endpoints`] found.
+#[derive(Debug)]
+pub enum Refresh {
+    /// None of the class's endpoints changed: keep its view (and do not wake its proxies).
+    Unchanged,
+    /// Only ClusterLoadAssignments changed: the new view.
+    Endpoints(ProxyView),
+    /// The change reaches a Cluster's own content: generate the class again.
+    Regenerate,
+}
+
+/// Bring a class's view up to date with a snapshot whose config inputs equal
+/// those it was generated from ([`MeshSnapshot::same_config_inputs`]) and
+/// whose endpoints differ for `changed_hosts`. Costs a lookup per
+/// ClusterLoadAssignment of the class, not a generation: an endpoint change
+/// in a mesh of thousands of classes is then a map update per class.
+pub fn refresh_endpoints(
+    view: &ProxyView,
+    uses: &EndpointUse,
+    snapshot: &MeshSnapshot,
+    changed_hosts: &HashSet<&str>,
+    endpoints: &EndpointCache,
+) -> Refresh {
+    if uses.in_clusters.iter().any(|h| changed_hosts.contains(h.as_str())) {
+        return Refresh::Regenerate;
+    }
+    let mut fresh: Option<ProxyView> = None;
+    for a in uses.assignments.iter().filter(|a| changed_hosts.contains(a.host.as_str())) {
+        let cla = endpoints.get(&a.name, a.port, a.subset.as_ref(), snapshot.endpoints(&a.host));
+        let same = view.endpoints.get(a.name.as_str()).is_some_and(|old| old.version == cla.version);
+        if !same {
+            fresh.get_or_insert_with(|| view.clone()).insert(ResourceType::Endpoint, cla);
+        }
+    }
+    match fresh {
+        Some(mut view) => {
+            view.revision = snapshot.revision;
+            Refresh::Endpoints(view)
+        }
+        None => Refresh::Unchanged,
+    }
 }
 
 struct Generator<'a> {
@@ -193,6 +271,7 @@ struct Generator<'a> {
     view: ProxyView,
     /// `(host, port, subset)` of every outbound cluster to generate.
     wanted_clusters: BTreeSet<(String, u16, String)>,
+    uses: EndpointUse,
 }
 
 impl Generator<'_> {
@@ -704,6 +783,9 @@ impl Generator<'_> {
             if eds {
                 let cla = endpoints.get(&name, port, subset_labels.as_ref(), eps);
                 self.view.insert(ResourceType::Endpoint, cla);
+                self.uses.assignments.push(Assignment { name, host, port, subset: subset_labels });
+            } else {
+                self.uses.in_clusters.insert(host);
             }
         }
     }

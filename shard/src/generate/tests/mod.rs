@@ -15,6 +15,7 @@ mod endpoints;
 mod matches;
 mod protocols;
 mod proxyless_grpc;
+mod refresh;
 mod resilience;
 mod service_entries;
 mod sidecars;
