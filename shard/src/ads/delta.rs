@@ -88,6 +88,10 @@ pub struct DeltaStream {
     nonces: Nonces,
     responses: Vec<DeltaDiscoveryResponse>,
     events: Vec<StreamEvent>,
+    /// Tests: never take the [`TypeState::synced`] shortcut, to compare
+    /// against the full comparison.
+    #[cfg(test)]
+    pub(crate) exhaustive: bool,
 }
 
 /// What the stream knows about one type.
@@ -106,6 +110,13 @@ struct TypeState {
     in_flight: Option<InFlight>,
     /// Answer even with an empty response (first wildcard request).
     answer_empty: bool,
+    /// A view whose resources of this type `held` equals, as far as the
+    /// subscription covers them, with nothing rejected: the next round need
+    /// only look at the resources that differ between it and the new view.
+    /// Views of one class share their unchanged `Arc<Resource>`s, so that
+    /// difference costs a pointer comparison per unchanged resource instead of
+    /// a lookup by name per resource on every stream (see [`changes`]).
+    synced: Option<Arc<ProxyView>>,
 }
 
 #[derive(Debug)]
@@ -151,6 +162,9 @@ impl DeltaStream {
         };
         let first = !self.types.contains_key(&ty);
         let st = self.types.entry(ty).or_default();
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            st.synced = None;
+        }
         if first {
             // A nonce or error on the first request refers to another stream.
             st.held = req
@@ -219,16 +233,17 @@ impl DeltaStream {
         let Some(view) = self.view.clone() else {
             return;
         };
+        #[cfg(test)]
+        if self.exhaustive {
+            self.types.values_mut().for_each(|st| st.synced = None);
+        }
         let routing_settled = [ResourceType::Listener, ResourceType::Route]
             .into_iter()
-            .all(|ty| self.types.get(&ty).is_none_or(|st| st.in_sync(view.resources(ty))));
+            .all(|ty| self.types.get(&ty).is_none_or(|st| st.in_sync(ty, &view)));
         // Clusters the proxy still holds although the view dropped them (and
         // which are not removed in this round).
-        let mut clusters_kept: BTreeSet<Name> = self
-            .types
-            .get(&ResourceType::Cluster)
-            .map(|st| st.held.keys().filter(|n| !view.clusters.contains_key(*n)).cloned().collect())
-            .unwrap_or_default();
+        let mut clusters_kept: BTreeSet<Name> =
+            self.types.get(&ResourceType::Cluster).map(|st| st.dropped_but_held(&view)).unwrap_or_default();
         let mut clusters_queued = false;
 
         for ty in ResourceType::ALL {
@@ -239,9 +254,9 @@ impl DeltaStream {
             let Some(st) = self.types.get_mut(&ty) else {
                 continue;
             };
-            let map = view.resources(ty);
             let owed = (ty == ResourceType::Endpoint).then_some(&self.endpoints_owed);
-            let mut plan = st.plan(map, owed);
+            let mut plan = st.plan(ty, &view, owed);
+            let planned = (plan.send.len(), plan.remove.len());
             match ty {
                 ResourceType::Cluster if !routing_settled => plan.remove.clear(),
                 ResourceType::Endpoint => plan.remove.retain(|n| !clusters_kept.contains(n)),
@@ -257,6 +272,10 @@ impl DeltaStream {
                 continue;
             }
             st.forced.clear();
+            // Once this plan is applied, `held` is what the view has, unless
+            // part of the plan was held back or a rejection stands.
+            let whole = planned == (plan.send.len(), plan.remove.len());
+            st.synced = (whole && st.rejected.is_empty()).then(|| view.clone());
             if plan.is_empty() && !st.answer_empty {
                 continue;
             }
@@ -344,15 +363,54 @@ impl TypeState {
         }
     }
 
+    /// The resources of this type that differ between the view `held` is
+    /// known to match and `view`; `None` when no such view is known (or a
+    /// rejection, forced resend or owed endpoint needs the full comparison).
+    fn changes_since_synced<'a>(
+        &'a self,
+        ty: ResourceType,
+        view: &'a ProxyView,
+        owed: Option<&BTreeSet<Name>>,
+    ) -> Option<Vec<Change<'a>>> {
+        let synced = self.synced.as_ref()?;
+        if !self.rejected.is_empty() || !self.forced.is_empty() || owed.is_some_and(|o| !o.is_empty()) {
+            return None;
+        }
+        if std::ptr::eq(synced.as_ref(), view) {
+            return Some(Vec::new());
+        }
+        Some(changes(synced.resources(ty), view.resources(ty)))
+    }
+
     /// Whether the proxy holds (and has acknowledged) exactly what the view
     /// has for this subscription.
-    fn in_sync(&self, map: &ResourceMap) -> bool {
+    fn in_sync(&self, ty: ResourceType, view: &ProxyView) -> bool {
         if self.in_flight.is_some() {
             return false;
         }
+        if let Some(changes) = self.changes_since_synced(ty, view, None) {
+            return changes.iter().all(|(name, new)| match new {
+                Some(r) => !self.covers(name) || self.held.get(*name) == Some(&r.version),
+                None => !self.held.contains_key(*name),
+            });
+        }
+        let map = view.resources(ty);
         let mut synced = self.held.iter().all(|(n, v)| map.get(n).is_some_and(|r| r.version == *v));
         self.for_each_covered(map, |r| synced &= self.held.contains_key(&r.name));
         synced
+    }
+
+    /// Names the proxy holds that the view no longer has.
+    fn dropped_but_held(&self, view: &ProxyView) -> BTreeSet<Name> {
+        let map = &view.clusters;
+        match self.changes_since_synced(ResourceType::Cluster, view, None) {
+            Some(changes) => changes
+                .into_iter()
+                .filter(|(name, new)| new.is_none() && self.held.contains_key(*name))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            None => self.held.keys().filter(|n| !map.contains_key(*n)).cloned().collect(),
+        }
     }
 
     /// ACK or NACK of the in-flight response, or a stale nonce.
@@ -372,13 +430,29 @@ impl TypeState {
                 Some(version) => self.held.insert(change.name.clone(), version),
                 None => self.held.remove(&change.name),
             };
+            self.synced = None;
             self.rejected.insert(change.name, change.sent);
         }
         StreamEvent::Nack { ty, nonce, names, code: error.code, message: error.message }
     }
 
     /// What this type would send now; `owed` names are sent even if held.
-    fn plan(&mut self, map: &ResourceMap, owed: Option<&BTreeSet<Name>>) -> Plan {
+    fn plan(&mut self, ty: ResourceType, view: &ProxyView, owed: Option<&BTreeSet<Name>>) -> Plan {
+        if let Some(changes) = self.changes_since_synced(ty, view, owed) {
+            // Only what changed since the synced view can differ from `held`.
+            let mut plan = Plan::default();
+            for (name, new) in changes {
+                match new {
+                    Some(r) if self.covers(name) && self.held.get(name) != Some(&r.version) => {
+                        plan.send.push(r.clone());
+                    }
+                    None if self.held.contains_key(name) => plan.remove.push(name.clone()),
+                    _ => {}
+                }
+            }
+            return plan;
+        }
+        let map = view.resources(ty);
         // A rejection lasts while the rejected content is what the view has.
         let held = &self.held;
         self.rejected.retain(|n, v| match v {
@@ -404,5 +478,45 @@ impl TypeState {
             .cloned()
             .collect();
         plan
+    }
+}
+
+/// A name whose resource differs between two views, and the new view's resource.
+type Change<'a> = (&'a Name, Option<&'a Arc<Resource>>);
+
+/// The names whose resource differs between two maps of one type, in name
+/// order, with the resource `new` has (`None`: `new` no longer has it).
+///
+/// Both maps are sorted by name, so one merge walk does; names and resources
+/// that two views share are the same `Arc`s, compared by pointer before by
+/// content.
+fn changes<'a>(old: &'a ResourceMap, new: &'a ResourceMap) -> Vec<Change<'a>> {
+    use std::cmp::Ordering;
+    let mut out = Vec::new();
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => return out,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((a, _)), Some((b, _))) if Arc::ptr_eq(a, b) => Ordering::Equal,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        match order {
+            Ordering::Less => {
+                let (name, _) = old.next().expect("peeked");
+                out.push((name, None));
+            }
+            Ordering::Greater => {
+                let (name, r) = new.next().expect("peeked");
+                out.push((name, Some(r)));
+            }
+            Ordering::Equal => {
+                let ((_, a), (name, b)) = (old.next().expect("peeked"), new.next().expect("peeked"));
+                if !Arc::ptr_eq(a, b) && a.version != b.version {
+                    out.push((name, Some(b)));
+                }
+            }
+        }
     }
 }

@@ -1,13 +1,16 @@
 //! `DeltaStream`: every protocol case as a plain synchronous test.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
 
 use super::{CDS, EDS, LDS, RDS, mesh, s, version, view};
 use crate::ads::{DeltaStream, ProtocolError, StreamEvent};
-use crate::resources::{ProxyView, ResourceType};
+use crate::resources::{ProxyView, Resource, ResourceType};
 
 /// A request builder.
 struct Req(DeltaDiscoveryRequest);
@@ -472,4 +475,107 @@ fn route_updates_wait_until_new_clusters_can_warm() {
         vec![("eds", s(&["c3"]), vec![]), ("rds", s(&["r1"]), vec![])],
         "endpoints first, then the route, on the same stream"
     );
+}
+
+/// The shortcut of comparing views instead of held versions
+/// (`TypeState::synced`) must never change what a stream sends: random
+/// sequences of view changes, ACKs, NACKs, stale nonces and subscription
+/// changes give the same responses and events with and without it.
+#[test]
+fn comparing_views_sends_what_comparing_every_resource_sends() {
+    /// xorshift64*: deterministic, so a failing seed can be replayed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+    }
+    const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+    const TYPES: [ResourceType; 4] = [CDS, EDS, LDS, RDS];
+
+    /// Change a few resources of a view; unchanged ones keep their `Arc`, and
+    /// some are re-made with the same content (a new `Arc`, the same version).
+    fn mutate(rng: &mut Rng, view: &ProxyView, revision: i64) -> Arc<ProxyView> {
+        let mut next = view.clone();
+        next.revision = revision;
+        for _ in 0..=rng.below(3) {
+            let ty = TYPES[rng.below(TYPES.len())];
+            let name = NAMES[rng.below(NAMES.len())];
+            let map = next.resources_mut(ty);
+            match rng.below(4) {
+                0 => {
+                    map.remove(name);
+                }
+                1 => {
+                    if let Some(r) = map.get(name).cloned() {
+                        map.insert(r.name.clone(), Resource::from_bytes(name, r.body.clone()));
+                    }
+                }
+                _ => {
+                    let body = format!("{name} v{}", rng.below(3));
+                    map.insert(name.into(), Resource::from_bytes(name, Bytes::from(body)));
+                }
+            }
+        }
+        Arc::new(next)
+    }
+
+    fn random_request(rng: &mut Rng, nonces: &BTreeMap<ResourceType, String>) -> DeltaDiscoveryRequest {
+        let ty = TYPES[rng.below(TYPES.len())];
+        let mut r = req(ty);
+        let nonce = nonces.get(&ty).cloned();
+        match rng.below(10) {
+            0..=4 => r = r.ack(nonce.as_deref().unwrap_or("stale")),
+            5 => r = r.nack(nonce.as_deref().unwrap_or("stale"), "rejected"),
+            6 => r = r.ack("stale"),
+            7 => r = r.sub(&[NAMES[rng.below(NAMES.len())]]),
+            8 => r = r.unsub(&[NAMES[rng.below(NAMES.len())]]),
+            _ => r = r.sub(&["*"]),
+        }
+        r.0
+    }
+
+    for seed in 1..=300u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut view: Arc<ProxyView> = Arc::new(ProxyView::default());
+        for _ in 0..4 {
+            view = mutate(&mut rng, &view, 1);
+        }
+        let (mut fast, mut full) = (DeltaStream::new(), DeltaStream::new());
+        full.exhaustive = true;
+        for stream in [&mut fast, &mut full] {
+            stream.set_view(view.clone());
+            stream.handle_request(req(CDS).0).unwrap();
+            stream.handle_request(req(LDS).0).unwrap();
+            stream.handle_request(req(EDS).sub(&NAMES[..3]).0).unwrap();
+            stream.handle_request(req(RDS).sub(&NAMES[..2]).0).unwrap();
+        }
+        let mut nonces: BTreeMap<ResourceType, String> = BTreeMap::new();
+        for step in 0..80 {
+            let (a, b) = (fast.take_responses(), full.take_responses());
+            assert_eq!(a, b, "seed {seed} step {step}: responses differ");
+            assert_eq!(fast.take_events(), full.take_events(), "seed {seed} step {step}: events differ");
+            for r in &a {
+                nonces.insert(ResourceType::from_type_url(&r.type_url).unwrap(), r.nonce.clone());
+            }
+            if rng.chance(40) {
+                view = mutate(&mut rng, &view, step + 2);
+                fast.set_view(view.clone());
+                full.set_view(view.clone());
+            } else {
+                let request = random_request(&mut rng, &nonces);
+                fast.handle_request(request.clone()).unwrap();
+                full.handle_request(request).unwrap();
+            }
+        }
+    }
 }
