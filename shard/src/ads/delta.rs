@@ -199,7 +199,11 @@ impl DeltaStream {
         if first {
             st.answer_empty = st.wildcard;
         }
-        st.forget_uncovered();
+        // Only a first request (initial versions) or an unsubscription can
+        // leave held names outside the subscription: an ACK costs no scan.
+        if first || !req.resource_names_unsubscribe.is_empty() {
+            st.forget_uncovered();
+        }
         self.pump();
         Ok(())
     }
@@ -331,7 +335,10 @@ impl DeltaStream {
                 ..Default::default()
             });
         }
-        self.endpoints_owed.retain(|n| view.clusters.contains_key(n));
+        // Clusters without an assignment in the view (static, DNS, original
+        // destination) are owed nothing; keeping them would make every later
+        // round take the full comparison for EDS.
+        self.endpoints_owed.retain(|n| view.clusters.contains_key(n) && view.endpoints.contains_key(n));
     }
 }
 
