@@ -9,7 +9,11 @@
 # Env:   MESHPLANE_CACHE   cache root (default $HOME/.cache/meshplane)
 #        CARGO_BUILD_BUILD_DIR  default $MESHPLANE_CACHE/cargo-build (shared, see peer-env.sh)
 #        MESHPLANE_SKIP_LINT=1  skip steps 2 and 3 (local iteration only)
+#        CARGO_INCREMENTAL  default 0: CI builds a fresh clone each time, and the
+#                           shared build dir would keep gigabytes of incremental
+#                           state per clone path that no later run reads
 set -euo pipefail
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
