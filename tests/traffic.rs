@@ -402,6 +402,7 @@ fn removing_an_endpoint_stops_traffic_to_it() {
         shop.backend("v1").requests() > 0 && shop.backend("v2").requests() > 0
     });
     // Remove pod backend-v2 from the mesh.
+    let endpoint_rebuilds = shop.mesh.metric("meshplane_shard_endpoint_rebuilds_total");
     let base = std::fs::read_to_string(shop.path("base.yaml")).unwrap();
     let without_v2: Vec<&str> = base.split("---\n").filter(|doc| !doc.contains("name: backend-v2,")).collect();
     assert_eq!(without_v2.len(), base.split("---\n").count() - 1, "the v2 pod document was found");
@@ -416,6 +417,9 @@ fn removing_an_endpoint_stops_traffic_to_it() {
     assert_eq!(shop.backend("v2").requests(), before, "no request reaches the removed endpoint: {counts:?}");
     assert!(!counts.contains_key("v2"), "{counts:?}");
     assert!(counts.keys().all(|k| k == "v1" || k == "v3"), "only the remaining endpoints answer: {counts:?}");
+    // Served by the endpoint-only path: assignments refreshed, no class generated again.
+    assert!(shop.mesh.metric("meshplane_shard_endpoint_rebuilds_total") > endpoint_rebuilds);
+    assert!(shop.mesh.metric("meshplane_shard_classes_refreshed_total") >= 1.0);
 }
 
 #[test]
@@ -515,15 +519,9 @@ spec:
         "meshplane logs B's NACK with its proxy id:\n{log}"
     );
     // The rejects and connections show on /metrics under istiod's names.
+    assert!(shop.mesh.metric("pilot_total_xds_rejects") >= 2.0);
+    assert_eq!(shop.mesh.metric("pilot_xds"), 2.0, "two proxies connected");
     let metrics = shop.mesh.admin_get("/metrics").text();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
-    };
-    assert!(value("pilot_total_xds_rejects ") >= 2.0, "{metrics}");
-    assert_eq!(value("pilot_xds "), 2.0, "two proxies connected: {metrics}");
     assert!(metrics.contains("pilot_xds_pushes{type=\"rds\"}"), "{metrics}");
     // A's routing is unaffected by B's rejected route.
     let counts = tally(&shop, 20, "/", &[("x-token", "xx")]);

@@ -162,6 +162,18 @@ impl Meshplane {
         try_http_request(self.admin_addr, "GET", &self.admin_addr.to_string(), path, &[])
     }
 
+    /// The value of an unlabelled metric (`name` exactly, or `name{labels}`
+    /// when given with its labels) on `/metrics`; panics if it is missing.
+    pub fn metric(&self, name: &str) -> f64 {
+        let metrics = self.admin_get("/metrics").text();
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
+    }
+
     /// GET an admin path; panics on transport errors (any status is returned).
     pub fn admin_get(&self, path: &str) -> Response {
         self.assert_running();
