@@ -275,6 +275,8 @@ fn a_shard_killed_during_churn_loses_no_change_and_resets_no_proxy() {
     assert!(d.gone_after_ms.is_some(), "{d:?}");
     assert!(victim.exited().is_some(), "{} still runs after SIGKILL", victim.name);
     assert_eq!(json["disruption"]["name"], "meshplane shard");
+    let names = &report.target.as_ref().expect("target processes measured").names;
+    assert_eq!(names.get(&victim.pid()).map(String::as_str), Some("meshplane shard"), "{names:?}");
     let moved = frontend_counter(&topology, "meshplane_frontend_rehomes_total{reason=\"upstream_failure\"}");
     assert!(moved > 0.0, "no proxy was on the killed shard");
     // Every change, before, at, during and after the kill, reached every proxy,

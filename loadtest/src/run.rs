@@ -577,6 +577,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         procstat::sample(*pid).with_context(|| format!("cannot read /proc/{pid} (--target-pid)"))?;
     }
     let target_baseline = sample_targets(&args.target_pid);
+    // Named now: a process killed during the run (--kill-pid) has no name at the end.
+    let target_names: BTreeMap<u32, String> =
+        args.target_pid.iter().filter_map(|p| Some((*p, procstat::name(*p)?))).collect();
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     let mut coord = Coord {
         started,
@@ -795,7 +798,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let target = match target_baseline {
         Some(baseline) => Some(TargetReport {
             pids: args.target_pid.clone(),
-            names: args.target_pid.iter().filter_map(|p| Some((*p, procstat::name(*p)?))).collect(),
+            names: target_names,
             baseline,
             synced: target_synced,
             end: target_end,
