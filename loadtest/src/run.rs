@@ -1010,3 +1010,48 @@ async fn spawn_process(
     });
     Ok(WorkerLink { commands: cmd_tx, pid })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_go_where_the_mesh_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(store_location(dir.path(), None).unwrap(), None);
+        let e = store_location(dir.path(), Some("etcd://10.0.0.1:2379")).unwrap_err().to_string();
+        assert!(e.contains("config-dir mesh") && e.contains("gen-mesh --store"), "{e}");
+        let recorded = StoreLocation::new("etcd://127.0.0.1:2379", "lt-a").unwrap();
+        recorded.save(dir.path()).unwrap();
+        assert_eq!(store_location(dir.path(), None).unwrap(), Some(recorded));
+        // --store only moves the address; the objects keep their cluster.
+        let moved = store_location(dir.path(), Some("etcd://10.0.0.1:2379")).unwrap().unwrap();
+        assert_eq!((moved.url.as_str(), moved.cluster.as_str()), ("etcd://10.0.0.1:2379", "lt-a"));
+    }
+
+    #[test]
+    fn kills_are_checked_before_anything_connects() {
+        let args = |extra: &[&str]| {
+            let mut a = vec!["--xds", "127.0.0.1:1", "--duration", "10"];
+            a.extend_from_slice(extra);
+            RunArgs::parse_from(a).unwrap()
+        };
+        assert!(prepare_kill(&args(&[])).unwrap().is_none());
+        // --kill-pid and --kill-at go together.
+        assert!(RunArgs::parse_from(["--xds", "127.0.0.1:1", "--kill-pid", "4242"]).is_err());
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id().to_string();
+        let e = prepare_kill(&args(&["--kill-pid", &pid, "--kill-at", "10"])).err().unwrap().to_string();
+        assert!(e.contains("--kill-at 10"), "{e}");
+        let kill =
+            prepare_kill(&args(&["--kill-pid", &pid, "--kill-at", "2", "--kill-signal", "term"])).unwrap().unwrap();
+        assert_eq!((kill.pid, kill.signal, kill.due.is_none()), (child.id(), KillSignal::Term, true));
+        assert_eq!(kill.name.as_deref(), Some("sleep 30"));
+        let own = std::process::id().to_string();
+        assert!(prepare_kill(&args(&["--kill-pid", &own, "--kill-at", "2"])).is_err());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let e = prepare_kill(&args(&["--kill-pid", &pid, "--kill-at", "2"])).err().unwrap().to_string();
+        assert!(e.contains("no such running process"), "{e}");
+    }
+}
