@@ -4,11 +4,16 @@
 //! simulated proxies, each with its own node id, HTTP/2 connection and
 //! Envoy-like xDS state; a mesh generator; changes made to the mesh and timed
 //! until every affected proxy ACKs them (by content, so istiod can be
-//! measured the same way); reports and plots. It knows nothing of
-//! meshplane's internals: it speaks xDS and writes YAML.
+//! measured the same way); reports and plots. It speaks xDS and writes
+//! YAML; against meshplane it can also write the mesh straight into the
+//! store (`store.rs`, through meshplane's model and registry-sync crates, so
+//! the records are registry-sync's), and kill a control-plane process while
+//! changes flow (`disruption.rs`).
 //!
 //! ```text
 //!  coordinator (run.rs) ── mesh.rs: gen-mesh, changes (rewrite one file) ──▶ config dir ──▶ control plane
+//!     │                  └─ store.rs: the same files as store records, one transaction per change ──▶ etcd
+//!     │                  └─ disruption.rs: --kill-pid at --kill-at; changes before/in flight/during/after
 //!     │  Command / Event                                                            │ ADS (Delta | SotW)
 //!     ▼                                                                             ▼
 //!  worker.rs (in-process, or `loadtest worker` processes: ≤ 20k sockets each)
@@ -21,7 +26,9 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod disruption;
 pub mod facts;
+pub mod genmesh;
 pub mod hpack;
 pub mod intern;
 pub mod mesh;
@@ -33,4 +40,5 @@ pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod store;
 pub mod worker;

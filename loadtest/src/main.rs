@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meshplane_loadtest::mesh::{Mesh, MeshParams};
+use meshplane_loadtest::genmesh::{GenMeshArgs, gen_mesh};
 use meshplane_loadtest::run::{RunArgs, run};
 
 #[derive(Debug, Parser)]
@@ -20,13 +20,9 @@ struct Cli {
 enum Command {
     /// Connect simulated proxies, run a scenario, and report convergence and costs.
     Run(Box<RunArgs>),
-    /// Write a mesh (Kubernetes/Istio YAML + the workloads to impersonate) to a directory.
-    GenMesh {
-        #[command(flatten)]
-        params: MeshParams,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// Write a mesh (Kubernetes/Istio YAML, or meshplane's store records with
+    /// --store) and the workloads to impersonate.
+    GenMesh(Box<GenMeshArgs>),
     /// Redraw the plots of a JSON report.
     Plot {
         report: PathBuf,
@@ -60,18 +56,10 @@ fn main() -> ExitCode {
                 println!("{}", summary(&report));
                 Ok(())
             }
-            Command::GenMesh { params, out } => {
-                let mesh = Mesh::generate(params);
-                mesh.write(&out)?;
-                let pods: usize = mesh.services.iter().map(|s| s.pods.len()).sum();
-                println!(
-                    "wrote {} services, {pods} pods in {} namespaces (+ {}) and {} proxies to {}",
-                    mesh.services.len(),
-                    mesh.namespaces.len(),
-                    mesh.shared_namespace,
-                    mesh.proxies().len(),
-                    out.display()
-                );
+            Command::GenMesh(args) => {
+                let out = args.out.clone();
+                let outcome = gen_mesh(*args).await?;
+                println!("{}", outcome.describe(&out));
                 Ok(())
             }
             Command::Plot { report, out } => {
@@ -127,6 +115,30 @@ fn summary(r: &meshplane_loadtest::report::Report) -> String {
     }
     if let Some(ms) = r.reconnect_storm_ms {
         s += &format!("\nreconnect storm: all synced again after {ms:.0} ms");
+    }
+    if let Some(d) = &r.disruption {
+        s += &format!(
+            "\n{} to {} (PID {}) at {:.1} s{}; reconnects after it {}, nacks after it {}",
+            d.signal,
+            d.name.as_deref().unwrap_or("process"),
+            d.pid,
+            d.scenario_at_s,
+            d.error.as_ref().map_or(String::new(), |e| format!(" FAILED: {e}")),
+            d.reconnects_after,
+            d.nacks_after
+        );
+        for p in &d.phases {
+            s += &format!(
+                "\n  {:<22} {:>3} changes, {} of {} pairs converged; p50 {} p99 {} max {}",
+                p.phase.map_or("?", |p| p.label()),
+                p.changes,
+                p.converged,
+                p.affected,
+                ms(p.p50_ms),
+                ms(p.p99_ms),
+                ms(p.max_ms)
+            );
+        }
     }
     s
 }

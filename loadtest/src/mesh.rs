@@ -15,7 +15,9 @@
 //!
 //! Each change rewrites a single small file (atomically, via a hidden
 //! temporary file and a rename), so the control plane's directory watch
-//! re-reads one file, not the mesh.
+//! re-reads one file, not the mesh. The same files can instead be written as
+//! meshplane's store records (`loadtest gen-mesh --store`, see `store.rs`):
+//! then the directory holds only `proxies.jsonl`, `mesh.json` and `store.json`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -303,34 +305,24 @@ impl Mesh {
         out
     }
 
-    /// Write the whole mesh below `dir`.
+    /// Write the whole mesh below `dir`: its YAML ([`Mesh::files`]) and the
+    /// model files ([`Mesh::write_model`]).
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let mut ns = String::new();
-        let all = self.namespaces.iter().chain([&self.shared_namespace]).map(String::as_str).chain(["istio-system"]);
-        for n in all.clone() {
-            let _ = write!(
-                ns,
-                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}, labels: {{istio-injection: enabled}}}}\n---\n"
-            );
-        }
-        write_atomic(&dir.join("namespaces.yaml"), &ns)?;
-        for n in all {
-            std::fs::create_dir_all(dir.join(n))?;
-            if !self.params.no_sidecars && n != "istio-system" {
-                let sidecar = format!(
-                    "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: {n}}}\nspec:\n  egress:\n  - hosts: [\"./*\", \"{}/*\", \"istio-system/*\"]\n",
-                    self.shared_namespace
-                );
-                write_atomic(&dir.join(n).join("sidecar.yaml"), &sidecar)?;
+        for (path, text) in self.files() {
+            let path = dir.join(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
             }
+            write_atomic(&path, &text)?;
         }
-        if self.params.gateways > 0 {
-            write_atomic(&dir.join("istio-system").join("gateway.yaml"), &self.gateway_yaml())?;
-        }
-        for i in 0..self.services.len() {
-            self.write_service(dir, i)?;
-        }
+        self.write_model(dir)
+    }
+
+    /// Write what `loadtest run` reads besides the YAML: `proxies.jsonl`
+    /// (the workloads) and `mesh.json` (the model).
+    pub fn write_model(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut proxies = String::new();
         for p in self.proxies() {
             proxies.push_str(&serde_json::to_string(&p)?);
@@ -340,13 +332,43 @@ impl Mesh {
         self.save(dir)
     }
 
-    pub fn service_path(&self, dir: &Path, i: usize) -> PathBuf {
+    /// Every YAML file of the mesh: (path relative to the mesh directory, content).
+    pub fn files(&self) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        let mut ns = String::new();
+        let all = self.namespaces.iter().chain([&self.shared_namespace]).map(String::as_str).chain(["istio-system"]);
+        for n in all.clone() {
+            let _ = write!(
+                ns,
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}, labels: {{istio-injection: enabled}}}}\n---\n"
+            );
+        }
+        out.push((PathBuf::from("namespaces.yaml"), ns));
+        for n in all {
+            if !self.params.no_sidecars && n != "istio-system" {
+                let sidecar = format!(
+                    "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: {n}}}\nspec:\n  egress:\n  - hosts: [\"./*\", \"{}/*\", \"istio-system/*\"]\n",
+                    self.shared_namespace
+                );
+                out.push((Path::new(n).join("sidecar.yaml"), sidecar));
+            }
+        }
+        if self.params.gateways > 0 {
+            out.push((Path::new("istio-system").join("gateway.yaml"), self.gateway_yaml()));
+        }
+        out.extend((0..self.services.len()).map(|i| self.service_file(i)));
+        out
+    }
+
+    /// Service `i`'s file: (path relative to the mesh directory, content).
+    pub fn service_file(&self, i: usize) -> (PathBuf, String) {
         let s = &self.services[i];
-        dir.join(&s.namespace).join(format!("{}.yaml", s.name))
+        (Path::new(&s.namespace).join(format!("{}.yaml", s.name)), self.service_yaml(i))
     }
 
     pub fn write_service(&self, dir: &Path, i: usize) -> anyhow::Result<()> {
-        write_atomic(&self.service_path(dir, i), &self.service_yaml(i))
+        let (path, text) = self.service_file(i);
+        write_atomic(&dir.join(path), &text)
     }
 
     fn gateway_yaml(&self) -> String {

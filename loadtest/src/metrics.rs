@@ -1,8 +1,9 @@
 //! Milestones of a change inside the control plane, read from its
 //! Prometheus `/metrics`: after each write, the endpoint is polled until the
 //! watched metrics change, e.g. `meshplane_shard_snapshot_revision` (the
-//! shard installed a snapshot with the change). Splits file-write-to-ACK
-//! into "until the control plane had it" and "until the proxies had it".
+//! shard installed a snapshot with the change; for a store write, once its
+//! revision reaches the write's). Splits write-to-ACK into "until the
+//! control plane had it" and "until the proxies had it".
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,14 +42,26 @@ pub async fn values(addr: SocketAddr, names: &[String]) -> Vec<Option<f64>> {
     names.iter().map(|n| value(&body, n)).collect()
 }
 
-/// Poll until each metric differs from `before` (or `timeout`); returns the
-/// milliseconds from `since` to the first poll that saw each change.
+/// Whether a polled value marks the milestone: a `*_revision` metric once it
+/// reaches the change's store revision (when the change has one), any other
+/// metric once it differs from its value before the change.
+pub fn reached(name: &str, before: Option<f64>, now: Option<f64>, revision: Option<i64>) -> bool {
+    match (now, revision) {
+        (None, _) => false,
+        (Some(v), Some(r)) if name.ends_with("_revision") => v >= r as f64,
+        (now, _) => now != before,
+    }
+}
+
+/// Poll until each metric reaches its milestone ([`reached`]) or `timeout`;
+/// returns the milliseconds from `since` to the first poll that saw each.
 pub async fn watch_changes(
     addr: SocketAddr,
     names: Vec<String>,
     before: Vec<Option<f64>>,
     since: Instant,
     timeout: Duration,
+    revision: Option<i64>,
 ) -> Milestones {
     let mut seen: Vec<Option<f64>> = vec![None; names.len()];
     let deadline = since + timeout;
@@ -58,7 +71,7 @@ pub async fn watch_changes(
         let now = values(addr, &names).await;
         let ms = since.elapsed().as_secs_f64() * 1e3;
         for i in 0..names.len() {
-            if seen[i].is_none() && now[i].is_some() && now[i] != before[i] {
+            if seen[i].is_none() && reached(&names[i], before[i], now[i], revision) {
                 seen[i] = Some(ms);
             }
         }
@@ -75,5 +88,20 @@ mod tests {
         assert_eq!(super::value(body, "pilot_xds_pushes"), Some(7.0));
         assert_eq!(super::value(body, "pilot_xds"), Some(3.0));
         assert_eq!(super::value(body, "pilot"), None);
+    }
+
+    #[test]
+    fn revision_metrics_reach_the_changes_revision_others_just_change() {
+        use super::reached;
+        let rev = "meshplane_shard_snapshot_revision";
+        // A snapshot of an unrelated, later write is not the milestone of a store write at 40.
+        assert!(!reached(rev, Some(30.0), Some(39.0), Some(40)));
+        assert!(reached(rev, Some(30.0), Some(40.0), Some(40)));
+        assert!(reached(rev, Some(30.0), Some(45.0), Some(40)));
+        // A file write has no revision: any change of the metric.
+        assert!(reached(rev, Some(30.0), Some(31.0), None));
+        assert!(!reached(rev, Some(30.0), Some(30.0), None));
+        assert!(reached("pilot_xds_pushes", Some(3.0), Some(4.0), Some(40)));
+        assert!(!reached("pilot_xds_pushes", Some(3.0), None, None));
     }
 }

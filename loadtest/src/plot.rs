@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::Context as _;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::report::Report;
+use crate::disruption::Phase;
+use crate::report::{ChangeReport, Report};
 
 const FONT_PATHS: [&str; 2] =
     ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"];
@@ -53,6 +55,11 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         convergence_cdf(report, &p)?;
         out.push(p);
     }
+    if report.changes.iter().any(|c| !c.cdf.is_empty()) {
+        let p = dir.join("convergence-over-time.png");
+        convergence_over_time(report, &p)?;
+        out.push(p);
+    }
     if !report.timeline.is_empty() {
         let p = dir.join("proxies-and-pushes.png");
         proxies_and_pushes(report, &p)?;
@@ -74,6 +81,54 @@ fn scenario(report: &Report) -> String {
     report.parameters.get("scenario").and_then(|s| s.as_str()).unwrap_or("?").to_string()
 }
 
+/// What convergence times run from.
+fn write_kind(report: &Report) -> &'static str {
+    if report.store.is_some() { "store write" } else { "file write" }
+}
+
+/// The color of a disruption phase's lines.
+fn phase_color(phase: Option<Phase>) -> RGBColor {
+    match phase {
+        None => BLUE,
+        Some(Phase::Before) => RGBColor(0, 150, 0),
+        Some(Phase::InFlight) => RGBColor(230, 140, 0),
+        Some(Phase::During) => RED,
+        Some(Phase::After) => RGBColor(120, 0, 200),
+    }
+}
+
+/// A labelled vertical line at the kill (x in seconds since the run started).
+fn kill_marker<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    report: &Report,
+    y_max: f64,
+) -> Res {
+    let Some(d) = &report.disruption else { return Ok(()) };
+    let who = d.name.as_deref().unwrap_or("process");
+    chart.draw_series(LineSeries::new(vec![(d.at_s, 0.0), (d.at_s, y_max)], BLACK.stroke_width(2))).map_err(err)?;
+    chart
+        .draw_series(std::iter::once(Text::new(
+            format!(" {} {who} ({})", d.signal, d.pid),
+            (d.at_s, y_max * 0.97),
+            ("sans-serif", 14),
+        )))
+        .map_err(err)?;
+    Ok(())
+}
+
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    position: SeriesLabelPosition,
+) -> Res {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
 fn convergence_cdf(report: &Report, path: &Path) -> Res {
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -88,13 +143,31 @@ fn convergence_cdf(report: &Report, path: &Path) -> Res {
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("ms from the file write to the proxy's ACK")
+        .x_desc(format!("ms from the {} to the proxy's ACK", write_kind(report)))
         .y_desc("share of (change, proxy) pairs converged")
         .draw()
         .map_err(err)?;
     let mut points = vec![(0.0, 0.0)];
     points.extend(cdf.iter().copied());
-    chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2))).map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
+        .map_err(err)?
+        .label("all changes")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    // With a kill: one curve per phase of the changes.
+    if let Some(d) = &report.disruption {
+        for p in d.phases.iter().filter(|p| !p.cdf.is_empty()) {
+            let color = phase_color(p.phase);
+            let mut points = vec![(0.0, 0.0)];
+            points.extend(p.cdf.iter().copied());
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(1)))
+                .map_err(err)?
+                .label(format!("{} the {} ({} changes)", p.phase.map_or("?", Phase::label), d.signal, p.changes))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     for (q, v) in [("p50", report.convergence.p50_ms), ("p99", report.convergence.p99_ms)] {
         if let Some(v) = v {
             chart.draw_series(LineSeries::new(vec![(v, 0.0), (v, 1.0)], RED.mix(0.4))).map_err(err)?;
@@ -102,6 +175,50 @@ fn convergence_cdf(report: &Report, path: &Path) -> Res {
                 .draw_series(std::iter::once(Text::new(format!("{q} {v:.0} ms"), (v, 0.05), ("sans-serif", 15))))
                 .map_err(err)?;
         }
+    }
+    root.present().map_err(err)
+}
+
+/// Each change's share of affected proxies converged over the run's time,
+/// colored by its phase when a process was killed (the kill is marked).
+fn convergence_over_time(report: &Report, path: &Path) -> Res {
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let end = |c: &ChangeReport| c.written_at_s + c.cdf.last().map_or(0.0, |p| p.0) / 1e3;
+    let max_t = report.changes.iter().map(end).fold(report.disruption.as_ref().map_or(1.0, |d| d.at_s), f64::max);
+    let min_t = report.changes.iter().map(|c| c.written_at_s).fold(max_t, f64::min);
+    let span = (max_t - min_t).max(1.0);
+    let x = (min_t - span * 0.02)..(max_t + span * 0.05);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title(report, "Share converged over time, per change"), ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, 0.0..1.05)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(format!("s since loadtest started (each curve starts at its change's {})", write_kind(report)))
+        .y_desc("share of the change's proxies converged")
+        .draw()
+        .map_err(err)?;
+    let mut labelled = std::collections::BTreeSet::new();
+    for c in report.changes.iter().filter(|c| !c.cdf.is_empty()) {
+        let color = phase_color(c.phase);
+        let mut points = vec![(c.written_at_s, 0.0)];
+        points.extend(c.cdf.iter().map(|(ms, share)| (c.written_at_s + ms / 1e3, *share)));
+        let series = chart.draw_series(LineSeries::new(points, color.stroke_width(1))).map_err(err)?;
+        if let Some(phase) = c.phase
+            && labelled.insert(phase)
+        {
+            series
+                .label(format!("changes {}", phase.label()))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+    }
+    kill_marker(&mut chart, report, 1.05)?;
+    if !labelled.is_empty() {
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     root.present().map_err(err)
 }
@@ -131,6 +248,7 @@ fn proxies_and_pushes(report: &Report, path: &Path) -> Res {
         .map_err(err)?
         .label("synced")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+    kill_marker(&mut chart, report, max_p)?;
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
 
     let max_r = t.iter().map(|x| x.responses_per_s).fold(1.0, f64::max) * 1.05;
@@ -145,6 +263,7 @@ fn proxies_and_pushes(report: &Report, path: &Path) -> Res {
     chart
         .draw_series(LineSeries::new(t.iter().map(|x| (x.t_s, x.responses_per_s)), RED.stroke_width(2)))
         .map_err(err)?;
+    kill_marker(&mut chart, report, max_r)?;
     root.present().map_err(err)
 }
 
@@ -164,6 +283,7 @@ fn rss_cpu(report: &Report, path: &Path) -> Res {
         .build_cartesian_2d(0.0..max_t, 0.0..max_rss)
         .map_err(err)?;
     chart.configure_mesh().x_desc("s").y_desc("MiB").draw().map_err(err)?;
+    kill_marker(&mut chart, report, max_rss)?;
     chart
         .draw_series(LineSeries::new(rss, BLUE.stroke_width(2)))
         .map_err(err)?
@@ -198,5 +318,6 @@ fn rss_cpu(report: &Report, path: &Path) -> Res {
         .map_err(err)?;
     chart.configure_mesh().x_desc("s").y_desc("cores").draw().map_err(err)?;
     chart.draw_series(LineSeries::new(cpu, RED.stroke_width(2))).map_err(err)?;
+    kill_marker(&mut chart, report, max_cpu)?;
     root.present().map_err(err)
 }

@@ -29,6 +29,17 @@ pub fn name(pid: u32) -> Option<String> {
     })
 }
 
+/// Whether `pid` is a live process: it exists and is neither a zombie
+/// (exited, not yet reaped by its parent) nor dead.
+pub fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")) else {
+        return false;
+    };
+    // The state is the first field after the command (in parentheses).
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
+}
+
 pub fn sample_self() -> Option<ProcSample> {
     sample_at(Path::new("/proc/self"))
 }
@@ -58,5 +69,7 @@ mod tests {
         assert!(s.rss_kb > 100, "{s:?}");
         assert!(super::sample(std::process::id()).is_some());
         assert!(super::name(std::process::id()).is_some_and(|n| !n.is_empty()));
+        assert!(super::running(std::process::id()));
+        assert!(!super::running(u32::MAX));
     }
 }

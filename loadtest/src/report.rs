@@ -26,6 +26,14 @@ pub struct Report {
     pub errors: std::collections::BTreeMap<String, u64>,
     pub timeline: Vec<Tick>,
     pub elapsed_s: f64,
+    /// Where the changes were written, when the mesh lives in meshplane's
+    /// store (`gen-mesh --store`); `None`: files of the config dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::store::StoreLocation>,
+    /// The process killed during the scenario (`--kill-pid`), and how the
+    /// changes before, in flight at, during and after the kill converged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<crate::disruption::DisruptionReport>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -96,8 +104,20 @@ pub struct ChangeReport {
     pub id: u32,
     pub kind: String,
     pub target: String,
-    /// When the file was written, seconds since the run started.
+    /// When the change was written (file or store), seconds since the run started.
     pub written_at_s: f64,
+    /// Store mode: the revision the change was committed at, and how long
+    /// the store took to acknowledge the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_write_ms: Option<f64>,
+    /// With `--kill-pid`: where the change stands relative to the kill, and
+    /// how many affected proxies had converged on it when the signal was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<crate::disruption::Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converged_at_kill: Option<u64>,
     pub affected: u64,
     pub converged: u64,
     pub p50_ms: Option<f64>,
@@ -110,6 +130,9 @@ pub struct ChangeReport {
     /// changed (`--target-admin`), e.g. the shard's snapshot revision.
     #[serde(default)]
     pub milestones_ms: std::collections::BTreeMap<String, Option<f64>>,
+    /// Share of the affected proxies converged by each time since the write (ms).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdf: Vec<(f64, f64)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

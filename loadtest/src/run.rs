@@ -3,9 +3,11 @@
 //! report.
 //!
 //! ```text
+//!  [store mesh: bring the store's records to mesh.json]
 //!  connect (ramp at --connect-rate) ─▶ wait until every proxy is synced ─▶ sample control-plane RSS
 //!     ─▶ scenario for --duration: steady | churn | burst | reconnect-storm | ramp
-//!          change: Arm(probe) on every worker ─▶ all armed ─▶ write file (t0) ─▶ Converged times
+//!          change: Arm(probe) on every worker ─▶ all armed ─▶ write file | store transaction (t0) ─▶ Converged times
+//!          --kill-pid: the signal at --kill-at, from whichever wait is running then (disruption.rs)
 //!     ─▶ wait for outstanding changes (--change-timeout) ─▶ Stop ─▶ Final ─▶ report + plots
 //! ```
 
@@ -22,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::conn::unix_ns;
+use crate::disruption::{self, ChangeTimes, DisruptionReport, KillSignal};
 use crate::facts::XdsType;
 use crate::mesh::{Mesh, expand_proxies, read_proxies, synthetic_proxies};
 use crate::probe::{ProbeCheck, ProbeSpec};
@@ -31,6 +34,7 @@ use crate::report::{
     ChangeReport, Convergence, LoadtestReport, Machine, ProxiesReport, Report, TargetReport, Tick, cdf, quantile,
 };
 use crate::stats::Snapshot;
+use crate::store::{MeshStore, StoreLocation};
 use crate::worker::{self, Command, Event, WorkerConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -66,10 +70,16 @@ pub struct RunArgs {
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// A directory made by `loadtest gen-mesh` and served by the control
-    /// plane: proxies impersonate its workloads, changes are written to it.
+    /// A directory made by `loadtest gen-mesh`: proxies impersonate its
+    /// workloads; changes rewrite its YAML files (served by the control
+    /// plane), or, for a mesh made with `gen-mesh --store`, its records in
+    /// the store (one transaction per change).
     #[arg(long)]
     pub mesh: Option<PathBuf>,
+    /// The store a `gen-mesh --store` mesh lives in (etcd://HOST:PORT[,HOST:PORT...]),
+    /// if not the one recorded in the mesh's store.json (e.g. etcd seen from another host).
+    #[arg(long, requires = "mesh")]
+    pub store: Option<String>,
     #[arg(long, value_enum, default_value_t = Scenario::Steady)]
     pub scenario: Scenario,
     /// Ramp: proxies connected per second (default 200). Churn: changes per second (default 1).
@@ -137,6 +147,19 @@ pub struct RunArgs {
     /// Executable for worker processes (default: this one).
     #[arg(long)]
     pub worker_exe: Option<PathBuf>,
+    /// Kill this process during the scenario, e.g. a shard of the sharded topology.
+    #[arg(long, requires = "kill_at")]
+    pub kill_pid: Option<u32>,
+    /// When to kill --kill-pid: seconds after the scenario starts (every proxy synced).
+    #[arg(long, requires = "kill_pid")]
+    pub kill_at: Option<f64>,
+    /// kill (SIGKILL: a crash) or term (SIGTERM: a graceful stop; a shard drains).
+    #[arg(long, value_enum, default_value_t = KillSignal::Kill)]
+    pub kill_signal: KillSignal,
+    /// Changes written within this many seconds after the kill are reported as
+    /// "during" it, later ones as "after" (default 10: two of a shard's default lease TTL).
+    #[arg(long, default_value_t = 10.0)]
+    pub kill_window: f64,
 }
 
 impl RunArgs {
@@ -166,10 +189,12 @@ struct ChangeState {
     target: String,
     written_unix_ns: u64,
     written_at_s: f64,
+    revision: Option<i64>,
+    store_write_ms: Option<f64>,
     armed: usize,
     affected: u64,
     times_ms: Vec<f64>,
-    cpu_before: Option<f64>,
+    cpu_before: Option<Targets>,
     cpu_per_proxy: Option<f64>,
     milestones: Option<tokio::task::JoinHandle<crate::metrics::Milestones>>,
 }
@@ -178,6 +203,33 @@ impl ChangeState {
     fn done(&self) -> bool {
         self.armed > 0 && self.written_unix_ns > 0 && self.times_ms.len() as u64 >= self.affected
     }
+
+    fn times(&self) -> ChangeTimes<'_> {
+        ChangeTimes { written_unix_ns: self.written_unix_ns, affected: self.affected, times_ms: &self.times_ms }
+    }
+}
+
+/// Each target process's sample (the processes that could be read).
+type Targets = BTreeMap<u32, ProcSample>;
+
+/// `--kill-pid`: when it is due, and what happened once sent.
+struct Kill {
+    pid: u32,
+    signal: KillSignal,
+    window: Duration,
+    name: Option<String>,
+    /// Set when the scenario starts.
+    due: Option<Instant>,
+    fired: Option<Fired>,
+}
+
+struct Fired {
+    unix_ns: u64,
+    at_s: f64,
+    scenario_at_s: f64,
+    error: Option<String>,
+    counters: Snapshot,
+    gone: tokio::task::JoinHandle<Option<f64>>,
 }
 
 struct WorkerLink {
@@ -195,9 +247,13 @@ struct Coord {
     changes: BTreeMap<u32, ChangeState>,
     timeline: Vec<Tick>,
     next_tick: Instant,
-    prev_tick: Option<(Instant, Snapshot, Option<ProcSample>)>,
+    prev_tick: Option<(Instant, Snapshot, Targets)>,
     peak_rss: u64,
     mesh: Option<(Mesh, PathBuf)>,
+    /// The mesh's store, when it lives in one: changes are store writes.
+    store: Option<MeshStore>,
+    kill: Option<Kill>,
+    scenario_started: Option<Instant>,
     run_id: String,
     targets_cursor: usize,
 }
@@ -215,6 +271,37 @@ impl Coord {
         sample_targets(&self.args.target_pid)
     }
 
+    fn target_samples(&self) -> Targets {
+        self.args.target_pid.iter().filter_map(|p| Some((*p, procstat::sample(*p)?))).collect()
+    }
+
+    /// Send `--kill-pid` its signal if it is due and was not sent yet.
+    fn fire_kill_if_due(&mut self) {
+        let now = Instant::now();
+        let counters = self.total();
+        let (started, scenario_started, quiet) = (self.started, self.scenario_started, self.args.quiet);
+        let Some(kill) = self.kill.as_mut().filter(|k| k.fired.is_none() && k.due.is_some_and(|d| now >= d)) else {
+            return;
+        };
+        let error = disruption::send(kill.pid, kill.signal).err().map(|e| e.to_string());
+        let unix_ns = unix_ns();
+        let at_s = started.elapsed().as_secs_f64();
+        let scenario_at_s = scenario_started.map_or(at_s, |s| s.elapsed().as_secs_f64());
+        if !quiet || error.is_some() {
+            let who = kill.name.as_deref().unwrap_or("process");
+            match &error {
+                None => eprintln!("[{at_s:6.1}s] {} sent to {who} (PID {})", kill.signal.name(), kill.pid),
+                Some(e) => eprintln!("loadtest: cannot send {} to {who} (PID {}): {e}", kill.signal.name(), kill.pid),
+            }
+        }
+        let gone = tokio::spawn(disruption::wait_gone(kill.pid, Duration::from_secs(60)));
+        kill.fired = Some(Fired { unix_ns, at_s, scenario_at_s, error, counters, gone });
+    }
+
+    fn kill_pending(&self) -> Option<Instant> {
+        self.kill.as_ref().filter(|k| k.fired.is_none()).and_then(|k| k.due)
+    }
+
     fn loadtest_sample(&self) -> ProcSample {
         let mut s = procstat::sample_self().unwrap_or_default();
         for w in &self.workers {
@@ -229,6 +316,7 @@ impl Coord {
     /// Process events and ticks until `done` holds or `deadline` passes.
     async fn pump_until(&mut self, deadline: Instant, done: impl Fn(&Coord) -> bool) -> bool {
         loop {
+            self.fire_kill_if_due();
             if done(self) {
                 return true;
             }
@@ -236,7 +324,7 @@ impl Coord {
             if now >= deadline {
                 return false;
             }
-            let wake = self.next_tick.min(deadline);
+            let wake = self.next_tick.min(deadline).min(self.kill_pending().unwrap_or(deadline));
             tokio::select! {
                 ev = self.events.recv() => match ev {
                     Some((w, ev)) => self.on_event(w, ev),
@@ -262,14 +350,15 @@ impl Coord {
                 }
             }
             Event::Converged { id, unix_ns } => {
-                let cpu_now = self.target_sample().map(|s| s.cpu_s);
+                let cpu_now = self.target_samples();
                 if let Some(c) = self.changes.get_mut(&id) {
                     c.times_ms.extend(unix_ns.iter().map(|t| t.saturating_sub(c.written_unix_ns) as f64 / 1e6));
                     if c.done()
                         && c.cpu_per_proxy.is_none()
-                        && let (Some(a), Some(b)) = (c.cpu_before, cpu_now)
+                        && let Some(before) = &c.cpu_before
+                        && !cpu_now.is_empty()
                     {
-                        c.cpu_per_proxy = Some((b - a) / c.affected.max(1) as f64);
+                        c.cpu_per_proxy = Some(cpu_delta(before, &cpu_now) / c.affected.max(1) as f64);
                     }
                 }
             }
@@ -280,14 +369,14 @@ impl Coord {
     fn tick(&mut self) {
         let now = Instant::now();
         let total = self.total();
-        let target = self.target_sample();
+        let samples = self.target_samples();
+        let target = sum_targets(&samples);
         let (rate, res_rate, cpu) = match &self.prev_tick {
-            Some((t, prev, prev_target)) => {
+            Some((t, prev, prev_samples)) => {
                 let dt = now.duration_since(*t).as_secs_f64().max(1e-3);
-                let cpu = match (prev_target, &target) {
-                    (Some(a), Some(b)) => Some((b.cpu_s - a.cpu_s) / dt),
-                    _ => None,
-                };
+                // Over the processes alive at both ticks: a killed one takes its CPU time with it.
+                let cpu =
+                    (!prev_samples.is_empty() && !samples.is_empty()).then(|| cpu_delta(prev_samples, &samples) / dt);
                 ((total.responses - prev.responses) as f64 / dt, (total.resources - prev.resources) as f64 / dt, cpu)
             }
             None => (0.0, 0.0, None),
@@ -297,7 +386,7 @@ impl Coord {
         }
         let converged: u64 = self.changes.values().map(|c| c.times_ms.len() as u64).sum();
         let target_rss_by_pid = if self.args.target_pid.len() > 1 {
-            self.args.target_pid.iter().filter_map(|p| Some((*p, procstat::sample(*p)?.rss_kb))).collect()
+            samples.iter().map(|(p, s)| (*p, s.rss_kb)).collect()
         } else {
             BTreeMap::new()
         };
@@ -332,7 +421,7 @@ impl Coord {
             eprintln!("{line}");
         }
         self.timeline.push(tick);
-        self.prev_tick = Some((now, total, target));
+        self.prev_tick = Some((now, total, samples));
     }
 
     async fn broadcast(&mut self, cmd: Command) {
@@ -382,6 +471,8 @@ impl Coord {
                 target: mesh.services[i].fqdn(),
                 written_unix_ns: 0,
                 written_at_s: 0.0,
+                revision: None,
+                store_write_ms: None,
                 armed: 0,
                 affected: 0,
                 times_ms: Vec::new(),
@@ -394,22 +485,35 @@ impl Coord {
         let n = self.workers.len();
         let armed = self.pump_until(Instant::now() + Duration::from_secs(30), |c| c.changes[&id].armed >= n).await;
         anyhow::ensure!(armed, "workers did not arm change {id} within 30 s");
-        let cpu_before = self.target_sample().map(|s| s.cpu_s);
+        let cpu_before = self.target_samples();
         let before = match self.args.target_admin {
             Some(admin) => Some((admin, crate::metrics::values(admin, &self.args.watch_metric).await)),
             None => None,
         };
         let since = Instant::now();
-        let written = unix_ns();
-        mesh.write_service(dir, i)?;
+        let written_at_s = self.started.elapsed().as_secs_f64();
+        let (written, revision, store_write_ms) = match &mut self.store {
+            Some(store) => {
+                let w = store.write_service(mesh, i).await?;
+                (w.started_unix_ns, Some(w.revision), Some(w.ms))
+            }
+            None => {
+                let written = unix_ns();
+                mesh.write_service(dir, i)?;
+                (written, None, None)
+            }
+        };
         let timeout = Duration::from_secs_f64(self.args.change_timeout);
         let names = self.args.watch_metric.clone();
         let c = self.changes.get_mut(&id).expect("change just inserted");
-        c.milestones = before
-            .map(|(admin, before)| tokio::spawn(crate::metrics::watch_changes(admin, names, before, since, timeout)));
+        c.milestones = before.map(|(admin, before)| {
+            tokio::spawn(crate::metrics::watch_changes(admin, names, before, since, timeout, revision))
+        });
         c.written_unix_ns = written;
-        c.written_at_s = self.started.elapsed().as_secs_f64();
-        c.cpu_before = cpu_before;
+        c.written_at_s = written_at_s;
+        c.revision = revision;
+        c.store_write_ms = store_write_ms;
+        c.cpu_before = (!cpu_before.is_empty()).then_some(cpu_before);
         mesh.save(dir)
     }
 
@@ -425,6 +529,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let mesh = match &args.mesh {
         Some(dir) => Some((Mesh::load(dir)?, dir.clone())),
         None => None,
+    };
+    let kill = prepare_kill(&args)?;
+    let location = match &args.mesh {
+        Some(dir) => store_location(dir, args.store.as_deref())?,
+        None => None,
+    };
+    let store = match (&location, &mesh) {
+        (Some(location), Some((mesh, dir))) => {
+            let mut store = MeshStore::open(location.clone()).await?;
+            // The store should hold what mesh.json says (the last run saved it
+            // after its last write); bring it there before anything is measured.
+            let synced = store.sync(mesh).await?;
+            if (synced.puts > 0 || synced.deletes > 0) && !args.quiet {
+                eprintln!(
+                    "loadtest: {location} differed from {}: wrote {} objects, deleted {}",
+                    dir.join("mesh.json").display(),
+                    synced.puts,
+                    synced.deletes
+                );
+            }
+            Some(store)
+        }
+        _ => None,
     };
     let specs = match &args.mesh {
         Some(dir) => {
@@ -450,6 +577,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         procstat::sample(*pid).with_context(|| format!("cannot read /proc/{pid} (--target-pid)"))?;
     }
     let target_baseline = sample_targets(&args.target_pid);
+    // Named now: a process killed during the run (--kill-pid) has no name at the end.
+    let target_names: BTreeMap<u32, String> =
+        args.target_pid.iter().filter_map(|p| Some((*p, procstat::name(*p)?))).collect();
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     let mut coord = Coord {
         started,
@@ -463,6 +593,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         prev_tick: None,
         peak_rss: target_baseline.map_or(0, |s| s.rss_kb),
         mesh,
+        store,
+        kill,
+        scenario_started: None,
         run_id: format!("{:x}", unix_ns() % 0xffff_ffff),
         targets_cursor: 0,
         args: args.clone(),
@@ -512,7 +645,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let resources_at_sync = coord.total().resources;
 
     // Phase 2: the scenario.
-    let phase_end = Instant::now() + Duration::from_secs_f64(args.duration);
+    let scenario_started = Instant::now();
+    coord.scenario_started = Some(scenario_started);
+    if let (Some(kill), Some(at)) = (coord.kill.as_mut(), args.kill_at) {
+        kill.due = Some(scenario_started + Duration::from_secs_f64(at));
+    }
+    let phase_end = scenario_started + Duration::from_secs_f64(args.duration);
     let mut reconnect_storm_ms = None;
     match args.scenario {
         Scenario::Ramp => {
@@ -561,6 +699,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             coord.pump_until(phase_end, |_| false).await;
         }
     }
+    // A kill due before the end of the scenario is sent even if the scenario's own waits ended earlier.
+    if let Some(due) = coord.kill_pending() {
+        coord.pump_until(due + Duration::from_millis(1), |c| c.kill_pending().is_none()).await;
+    }
     // Outstanding changes.
     let last_write = coord.changes.values().map(|c| c.written_unix_ns).max().unwrap_or(0);
     if last_write > 0 {
@@ -602,17 +744,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             milestones.insert(*id, handle.await.unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>());
         }
     }
+    let fired = coord.kill.as_ref().and_then(|k| k.fired.as_ref().map(|f| (f.unix_ns, k.window)));
     let changes: Vec<ChangeReport> = coord
         .changes
         .values()
         .map(|c| {
             let mut t = c.times_ms.clone();
             t.sort_by(f64::total_cmp);
+            let times = c.times();
             ChangeReport {
                 id: c.spec.id,
                 kind: c.kind.into(),
                 target: c.target.clone(),
                 written_at_s: c.written_at_s,
+                revision: c.revision,
+                store_write_ms: c.store_write_ms,
+                phase: fired.map(|(at, window)| disruption::phase_of(&times, at, window)),
+                converged_at_kill: fired.map(|(at, _)| times.converged_by(at)),
+                cdf: cdf(&t, c.affected, 40),
                 affected: c.affected,
                 converged: t.len() as u64,
                 p50_ms: quantile(&t, 0.5),
@@ -623,11 +772,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             }
         })
         .collect();
+    let disruption = match coord.kill.take() {
+        Some(Kill { pid, signal, window, name, fired: Some(f), .. }) => {
+            let times: Vec<ChangeTimes<'_>> = coord.changes.values().map(ChangeState::times).collect();
+            Some(DisruptionReport {
+                pid,
+                name,
+                signal: signal.name().into(),
+                at_s: f.at_s,
+                scenario_at_s: f.scenario_at_s,
+                unix_ns: f.unix_ns,
+                error: f.error,
+                gone_after_ms: f.gone.await.ok().flatten(),
+                window_s: window.as_secs_f64(),
+                reconnects_before: f.counters.reconnects,
+                reconnects_after: totals.reconnects - f.counters.reconnects,
+                nacks_before: f.counters.nacks,
+                nacks_after: totals.nacks - f.counters.nacks,
+                phases: disruption::phase_reports(&times, f.unix_ns, window),
+            })
+        }
+        _ => None,
+    };
     let cpu_per_push: Vec<f64> = changes.iter().filter_map(|c| c.target_cpu_s_per_proxy).collect();
     let target = match target_baseline {
         Some(baseline) => Some(TargetReport {
             pids: args.target_pid.clone(),
-            names: args.target_pid.iter().filter_map(|p| Some((*p, procstat::name(*p)?))).collect(),
+            names: target_names,
             baseline,
             synced: target_synced,
             end: target_end,
@@ -666,9 +837,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             p90_ms: quantile(&all_ms, 0.9),
             p99_ms: quantile(&all_ms, 0.99),
             max_ms: all_ms.last().copied(),
-            measured_from: "the loadtest's write of the changed file into the config dir, to the proxy's ACK of \
-                            a response whose content shows the change"
-                .into(),
+            measured_from: match &location {
+                None => "the loadtest's write of the changed file into the config dir, to the proxy's ACK of a \
+                         response whose content shows the change"
+                    .into(),
+                Some(l) => format!(
+                    "the loadtest's store transaction writing the changed object ({l}; sent at t0, its revision in \
+                     changes[].revision), to the proxy's ACK of a response whose content shows the change"
+                ),
+            },
             cdf: cdf(&all_ms, affected_pairs, 200),
         },
         changes,
@@ -690,6 +867,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         errors,
         timeline: std::mem::take(&mut coord.timeline),
         elapsed_s: started.elapsed().as_secs_f64(),
+        store: location,
+        disruption,
     };
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -706,11 +885,65 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
 
 /// The sum over the target processes (`None` if none can be read).
 fn sample_targets(pids: &[u32]) -> Option<ProcSample> {
-    let samples: Vec<ProcSample> = pids.iter().filter_map(|p| procstat::sample(*p)).collect();
+    sum_targets(&pids.iter().filter_map(|p| Some((*p, procstat::sample(*p)?))).collect())
+}
+
+fn sum_targets(samples: &Targets) -> Option<ProcSample> {
     (!samples.is_empty()).then(|| ProcSample {
-        rss_kb: samples.iter().map(|s| s.rss_kb).sum(),
-        cpu_s: samples.iter().map(|s| s.cpu_s).sum(),
+        rss_kb: samples.values().map(|s| s.rss_kb).sum(),
+        cpu_s: samples.values().map(|s| s.cpu_s).sum(),
     })
+}
+
+/// CPU seconds used between two samples by the processes in both (a process
+/// killed in between, or started, is left out rather than counted negative).
+fn cpu_delta(before: &Targets, after: &Targets) -> f64 {
+    after.iter().filter_map(|(pid, b)| Some(b.cpu_s - before.get(pid)?.cpu_s)).sum()
+}
+
+/// Where the changes of the mesh in `dir` go: its store (the one recorded in
+/// `store.json`, or `--store`), or `None` for a config-dir mesh.
+fn store_location(dir: &std::path::Path, store: Option<&str>) -> anyhow::Result<Option<StoreLocation>> {
+    let recorded = StoreLocation::load(dir)?;
+    match (recorded, store) {
+        (None, None) => Ok(None),
+        (Some(recorded), None) => Ok(Some(recorded)),
+        (Some(recorded), Some(url)) => Ok(Some(StoreLocation::new(url, &recorded.cluster)?)),
+        (None, Some(url)) => anyhow::bail!(
+            "--store {url}: {} holds a config-dir mesh (no store.json), whose changes are file writes; \
+             generate it into the store with `loadtest gen-mesh --store {url} --out {}`",
+            dir.display(),
+            dir.display()
+        ),
+    }
+}
+
+/// Check `--kill-*` before anything connects.
+fn prepare_kill(args: &RunArgs) -> anyhow::Result<Option<Kill>> {
+    let (Some(pid), Some(at)) = (args.kill_pid, args.kill_at) else { return Ok(None) };
+    anyhow::ensure!(
+        at.is_finite() && at >= 0.0 && at < args.duration,
+        "--kill-at {at} is not within the scenario (0 to --duration {})",
+        args.duration
+    );
+    anyhow::ensure!(
+        args.kill_window.is_finite() && args.kill_window >= 0.0,
+        "--kill-window {} is not a number of seconds",
+        args.kill_window
+    );
+    anyhow::ensure!(pid > 1 && pid != std::process::id(), "--kill-pid {pid}: not a process loadtest may kill");
+    anyhow::ensure!(
+        procstat::running(pid),
+        "--kill-pid {pid}: no such running process (give the PID of the process to kill, e.g. a shard's)"
+    );
+    Ok(Some(Kill {
+        pid,
+        signal: args.kill_signal,
+        window: Duration::from_secs_f64(args.kill_window),
+        name: procstat::name(pid),
+        due: None,
+        fired: None,
+    }))
 }
 
 fn spawn_in_process(w: usize, config: WorkerConfig, events: mpsc::Sender<(usize, Event)>) -> WorkerLink {
@@ -776,4 +1009,49 @@ async fn spawn_process(
         let _ = child.wait().await;
     });
     Ok(WorkerLink { commands: cmd_tx, pid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_go_where_the_mesh_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(store_location(dir.path(), None).unwrap(), None);
+        let e = store_location(dir.path(), Some("etcd://10.0.0.1:2379")).unwrap_err().to_string();
+        assert!(e.contains("config-dir mesh") && e.contains("gen-mesh --store"), "{e}");
+        let recorded = StoreLocation::new("etcd://127.0.0.1:2379", "lt-a").unwrap();
+        recorded.save(dir.path()).unwrap();
+        assert_eq!(store_location(dir.path(), None).unwrap(), Some(recorded));
+        // --store only moves the address; the objects keep their cluster.
+        let moved = store_location(dir.path(), Some("etcd://10.0.0.1:2379")).unwrap().unwrap();
+        assert_eq!((moved.url.as_str(), moved.cluster.as_str()), ("etcd://10.0.0.1:2379", "lt-a"));
+    }
+
+    #[test]
+    fn kills_are_checked_before_anything_connects() {
+        let args = |extra: &[&str]| {
+            let mut a = vec!["--xds", "127.0.0.1:1", "--duration", "10"];
+            a.extend_from_slice(extra);
+            RunArgs::parse_from(a).unwrap()
+        };
+        assert!(prepare_kill(&args(&[])).unwrap().is_none());
+        // --kill-pid and --kill-at go together.
+        assert!(RunArgs::parse_from(["--xds", "127.0.0.1:1", "--kill-pid", "4242"]).is_err());
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id().to_string();
+        let e = prepare_kill(&args(&["--kill-pid", &pid, "--kill-at", "10"])).err().unwrap().to_string();
+        assert!(e.contains("--kill-at 10"), "{e}");
+        let kill =
+            prepare_kill(&args(&["--kill-pid", &pid, "--kill-at", "2", "--kill-signal", "term"])).unwrap().unwrap();
+        assert_eq!((kill.pid, kill.signal, kill.due.is_none()), (child.id(), KillSignal::Term, true));
+        assert_eq!(kill.name.as_deref(), Some("sleep 30"));
+        let own = std::process::id().to_string();
+        assert!(prepare_kill(&args(&["--kill-pid", &own, "--kill-at", "2"])).is_err());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let e = prepare_kill(&args(&["--kill-pid", &pid, "--kill-at", "2"])).err().unwrap().to_string();
+        assert!(e.contains("no such running process"), "{e}");
+    }
 }

@@ -68,5 +68,7 @@ mod state;
 
 pub use debounce::Debounce;
 pub use scan::{RACY_WINDOW, ScanError, ScanOutcome, Scanner, is_config_file, is_ignored_name};
-pub use source::{DEFAULT_CLUSTER_ID, DirectoryConfig, DirectoryError, DirectoryHandle, DirectorySource, SourceStatus};
+pub use source::{
+    DEFAULT_CLUSTER_ID, DirectoryConfig, DirectoryError, DirectoryHandle, DirectorySource, SourceStatus, write_batches,
+};
 pub use state::{DirectoryState, FileInput, FileOutcome, FileReport, FileState, FileSummary, Reconciliation, Summary};

@@ -494,8 +494,9 @@ fn watch_directory(dir: &Path, wake: Arc<Notify>) -> notify::Result<notify::Reco
 /// intermediate revision references what is not written yet: puts of the
 /// kinds others refer to (services, workloads, endpoints, DestinationRules)
 /// before the kinds that refer to them (Sidecars, VirtualServices), and
-/// deletes after puts, in the reverse order.
-fn write_batches(mut ops: Vec<Op>, max: Option<usize>) -> Vec<Vec<Op>> {
+/// deletes after puts, in the reverse order. Public for other writers of a
+/// cluster's keys built on [`DirectoryState`](super::DirectoryState) (loadtest).
+pub fn write_batches(mut ops: Vec<Op>, max: Option<usize>) -> Vec<Vec<Op>> {
     if ops.is_empty() {
         return Vec::new();
     }
