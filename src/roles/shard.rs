@@ -57,6 +57,10 @@ pub struct ShardArgs {
     pub drain_timeout: Duration,
 }
 
+/// Streams a frontend may reset before this shard accepted them, per
+/// connection, before h2 closes the connection (see the server builder).
+const PENDING_ACCEPT_RESETS: usize = 16_384;
+
 /// `HOSTNAME-PID`, the default shard id.
 fn default_shard_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -94,8 +98,8 @@ pub async fn run(args: ShardArgs) -> anyhow::Result<ExitCode> {
 
     let record = ShardRecord { id: id.clone(), addr: advertise.clone(), draining: false };
     let options = MembershipOptions { ttl: args.lease_ttl, drain_timeout: args.drain_timeout };
-    let registration = ShardRegistration::new(store.clone(), record, options);
-    let registration_state = registration.state();
+    let membership = MembershipThread::spawn(args.store.clone(), record, options).await?;
+    let registration_state = membership.state.clone();
 
     let (registered_tx, registered_rx) = watch::channel(false);
     let mut registry = Registry::default();
@@ -126,6 +130,13 @@ pub async fn run(args: ShardArgs) -> anyhow::Result<ExitCode> {
             // frames share this connection's budget (see RELAY_CONNECTION_WINDOW).
             .initial_connection_window_size(meshplane_frontend::relay::RELAY_CONNECTION_WINDOW)
             .initial_stream_window_size(meshplane_frontend::relay::RELAY_STREAM_WINDOW)
+            // h2 closes the whole connection once 20 streams were reset before
+            // this server accepted them (rapid-reset protection). A frontend
+            // re-homing thousands of proxies at once may give up on more than
+            // that on one connection, and the close would re-home every other
+            // proxy multiplexed on it (bench/shard-kill.sh): the frontends are
+            // the only peers here, so allow as many as a re-home can open.
+            .http2_max_pending_accept_reset_streams(Some(PENDING_ACCEPT_RESETS))
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .add_service(ads.into_service())
@@ -154,11 +165,11 @@ pub async fn run(args: ShardArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         });
-        let registration_task = tokio::spawn(registration.run(wait_for(drain_rx), proxies_gone(connected)));
+        let registration_done = membership.start(drain_rx, connected);
         shutdown_signal().await;
         tracing::info!(shard = %id, "shutting down: handing the proxies over");
         drain_tx.send_replace(true);
-        let _ = registration_task.await;
+        let _ = registration_done.await;
         mirror.abort();
     }
     let _ = shutdown_tx.send(true);
@@ -168,6 +179,63 @@ pub async fn run(args: ShardArgs) -> anyhow::Result<ExitCode> {
     admin_stop_tx.send_replace(true);
     let _ = admin_task.await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The shard's membership lease, kept on a thread and runtime of its own with
+/// its own store connection.
+///
+/// Its keep-alives must not queue behind the proxy streams: on the main
+/// runtime, thousands of streams syncing at once (an initial sync, a re-home
+/// of a dead shard's proxies) delayed them past the lease TTL on a loaded
+/// machine, and every lost lease moved a third of the proxies away and back
+/// (bench/shard-kill.sh, docs/benchmarks.md). A sleeping thread is scheduled
+/// by the kernel as soon as its timer fires, whatever the runtime's queue.
+struct MembershipThread {
+    state: watch::Receiver<RegistrationState>,
+    start: tokio::sync::oneshot::Sender<(watch::Receiver<bool>, Arc<AdsMetrics>)>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl MembershipThread {
+    /// Connect the thread's own store client; nothing is registered until [`MembershipThread::start`].
+    async fn spawn(
+        store: StoreUrl,
+        record: ShardRecord,
+        options: MembershipOptions,
+    ) -> anyhow::Result<MembershipThread> {
+        let (state_tx, state_rx) = tokio::sync::oneshot::channel();
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(watch::Receiver<bool>, Arc<AdsMetrics>)>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("membership".into()).spawn(move || {
+            runtime.block_on(async move {
+                let store = match open_store(&store, "shard membership").await {
+                    Ok(store) => store,
+                    Err(e) => {
+                        let _ = state_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let registration = ShardRegistration::new(store, record, options);
+                if state_tx.send(Ok(registration.state())).is_err() {
+                    return;
+                }
+                // Dropped unstarted: the shard stopped before its first snapshot.
+                let Ok((drain, connected)) = start_rx.await else { return };
+                registration.run(wait_for(drain), proxies_gone(connected)).await;
+            });
+            let _ = done_tx.send(());
+        })?;
+        let state = state_rx.await.map_err(|_| anyhow::anyhow!("the membership thread stopped while starting"))??;
+        Ok(MembershipThread { state, start: start_tx, done: done_rx })
+    }
+
+    /// Register, keep the lease, and on `drain` hand the proxies over and
+    /// leave; the returned receiver resolves once it has left.
+    fn start(self, drain: watch::Receiver<bool>, connected: Arc<AdsMetrics>) -> tokio::sync::oneshot::Receiver<()> {
+        let _ = self.start.send((drain, connected));
+        self.done
+    }
 }
 
 /// Resolves once no proxy is connected. Polled: the ADS metrics are plain
