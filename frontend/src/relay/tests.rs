@@ -467,7 +467,7 @@ fn pump_delta(
         for req in to_shard.drain(..) {
             shard.handle_request(req).unwrap();
         }
-        let responses = shard.take_responses();
+        let responses: Vec<_> = shard.take_responses().iter().map(|r| r.to_proto()).collect();
         if responses.is_empty() {
             return;
         }
@@ -568,7 +568,7 @@ fn delta_nack_through_the_relay_reaches_the_new_owner() {
     shard.take_events();
 
     shard.set_view(v("b"));
-    let resp = relay.on_upstream_response(shard.take_responses().pop().unwrap());
+    let resp = relay.on_upstream_response(shard.take_responses().pop().unwrap().to_proto());
     let forwarded = relay.on_proxy_request(nack(CDS, &resp.nonce)).unwrap().unwrap();
     shard.handle_request(forwarded).unwrap();
     let events = shard.take_events();
@@ -588,10 +588,10 @@ fn sotw_rehome_between_real_shard_state_machines_keeps_acks_working() {
     for req in relay.connect() {
         shard.handle_request(req).unwrap();
     }
-    let c = relay.on_upstream_response(shard.take_responses().pop().unwrap());
+    let c = relay.on_upstream_response(shard.take_responses().pop().unwrap().to_proto());
     shard.handle_request(relay.on_proxy_request(sreq(CDS, &[], &c.version_info, &c.nonce)).unwrap().unwrap()).unwrap();
     shard.handle_request(relay.on_proxy_request(sreq(LDS, &[], "", "")).unwrap().unwrap()).unwrap();
-    let l = relay.on_upstream_response(shard.take_responses().pop().unwrap());
+    let l = relay.on_upstream_response(shard.take_responses().pop().unwrap().to_proto());
     shard.handle_request(relay.on_proxy_request(sreq(LDS, &[], &l.version_info, &l.nonce)).unwrap().unwrap()).unwrap();
     assert!(relay.settled());
 
@@ -601,7 +601,7 @@ fn sotw_rehome_between_real_shard_state_machines_keeps_acks_working() {
     for req in relay.connect() {
         new.handle_request(req).unwrap();
     }
-    let answers = new.take_responses();
+    let answers: Vec<_> = new.take_responses().iter().map(|r| r.to_proto()).collect();
     assert_eq!(answers.len(), 2, "SotW answers each replayed type with its full set");
     for resp in answers {
         let before = if resp.type_url == CDS { &c.version_info } else { &l.version_info };
@@ -617,7 +617,7 @@ fn sotw_rehome_between_real_shard_state_machines_keeps_acks_working() {
     );
     // A change is pushed and ACKed through the relay.
     new.set_view(view(2, &[(ResourceType::Cluster, "c1", "two"), (ResourceType::Listener, "l1", "listener")]));
-    let resp = relay.on_upstream_response(new.take_responses().pop().unwrap());
+    let resp = relay.on_upstream_response(new.take_responses().pop().unwrap().to_proto());
     assert_eq!(resp.nonce, "2.3");
     new.handle_request(relay.on_proxy_request(sreq(CDS, &[], &resp.version_info, &resp.nonce)).unwrap().unwrap())
         .unwrap();

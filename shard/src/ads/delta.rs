@@ -61,12 +61,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 
-use super::{Nonces, ProtocolError, StreamEvent, to_any};
+use super::{DeltaResponse, Nonces, ProtocolError, StreamEvent};
 use crate::resources::{ProxyView, Resource, ResourceMap, ResourceType};
 
 type Name = Arc<str>;
@@ -86,7 +84,7 @@ pub struct DeltaStream {
     /// Clusters sent whose endpoints have not been sent since.
     endpoints_owed: BTreeSet<Name>,
     nonces: Nonces,
-    responses: Vec<DeltaDiscoveryResponse>,
+    responses: Vec<DeltaResponse>,
     events: Vec<StreamEvent>,
     /// Tests: never take the [`TypeState::synced`] shortcut, to compare
     /// against the full comparison.
@@ -215,7 +213,7 @@ impl DeltaStream {
     }
 
     /// Responses produced so far, in the order they must be sent.
-    pub fn take_responses(&mut self) -> Vec<DeltaDiscoveryResponse> {
+    pub fn take_responses(&mut self) -> Vec<DeltaResponse> {
         std::mem::take(&mut self.responses)
     }
 
@@ -317,22 +315,12 @@ impl DeltaStream {
                 resources: plan.send.len(),
                 removed: plan.remove.len(),
             });
-            self.responses.push(DeltaDiscoveryResponse {
-                system_version_info: view.revision.to_string(),
-                resources: plan
-                    .send
-                    .iter()
-                    .map(|r| XdsResource {
-                        name: r.name.to_string(),
-                        version: r.version.to_string(),
-                        resource: Some(to_any(ty, r)),
-                        ..Default::default()
-                    })
-                    .collect(),
-                type_url: ty.type_url().to_string(),
-                removed_resources: plan.remove.iter().map(|n| n.to_string()).collect(),
+            self.responses.push(DeltaResponse {
+                ty,
+                revision: view.revision,
                 nonce,
-                ..Default::default()
+                resources: plan.send,
+                removed: plan.remove,
             });
         }
         // Clusters without an assignment in the view (static, DNS, original

@@ -63,17 +63,20 @@
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::google::protobuf::Any;
 
-use crate::resources::{ProxyView, Resource, ResourceType};
+use crate::resources::{ProxyView, ResourceType};
 
 mod delta;
+mod response;
 mod server;
 mod sotw;
+mod transport;
 
 pub use delta::DeltaStream;
+pub use response::{DeltaResponse, EncodedMessage, SotwResponse};
 pub use server::{AdsMetrics, AdsServer};
 pub use sotw::SotwStream;
+pub use transport::AdsService;
 
 #[cfg(test)]
 mod tests;
@@ -191,12 +194,4 @@ impl Nonces {
         self.0 += 1;
         self.0.to_string()
     }
-}
-
-/// Wrap a resource's pre-encoded body in an `Any`.
-///
-/// Perf lead: this copies the shared `Bytes` into the `Any`'s `Vec` for every
-/// proxy; a custom encoder writing the shared bytes directly would avoid it.
-fn to_any(ty: ResourceType, resource: &Resource) -> Any {
-    Any { type_url: ty.type_url().to_string(), value: resource.body.to_vec() }
 }

@@ -23,19 +23,16 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use http::HeaderMap;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
-use super::{DeltaStream, MIN_REVISION_HEADER, ProtocolError, ProxySubscription, SotwStream, StreamEvent, ViewSource};
+use super::transport::{AdsService, Outbound, Requests, ResponseBody};
+use super::{
+    DeltaResponse, DeltaStream, EncodedMessage, MIN_REVISION_HEADER, ProtocolError, ProxySubscription, SotwResponse,
+    SotwStream, StreamEvent, ViewSource,
+};
 use crate::resources::{ProxyView, ResourceType};
 
 /// Responses buffered per stream before the stream's task waits for the
@@ -136,17 +133,19 @@ impl AdsServer {
         self.metrics.clone()
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+    /// The gRPC service, for `tonic::transport::Server::add_service`.
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
 
-    /// Read the first request, subscribe the proxy, and spawn its stream.
-    async fn start<P: Protocol>(
+    /// Read the first request, subscribe the proxy, and spawn its stream;
+    /// the returned body carries its responses.
+    pub(super) async fn start<P: Protocol>(
         &self,
-        request: Request<Streaming<P::Request>>,
-    ) -> Result<Response<ReceiverStream<Result<P::Response, Status>>>, Status> {
-        let min_revision = min_revision(request.metadata());
-        let mut inbound = request.into_inner();
+        headers: &HeaderMap,
+        mut inbound: Requests<P::Request>,
+    ) -> Result<ResponseBody, Status> {
+        let min_revision = min_revision(headers);
         let first =
             inbound.message().await?.ok_or_else(|| Status::cancelled("stream ended before its first request"))?;
         let node = P::node(&first).ok_or_else(|| Status::invalid_argument(NO_NODE))?;
@@ -159,33 +158,13 @@ impl AdsServer {
             .and_then(|min| Some(CatchUp { min, revisions: self.source.revisions()?, timeout: self.catch_up_timeout }));
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         tokio::spawn(run_stream(P::default(), first, inbound, subscription, catch_up, tx, self.metrics.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.start::<SotwStream>(request).await
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.start::<DeltaStream>(request).await
+        Ok(ResponseBody::new(rx))
     }
 }
 
 /// What the stream loop needs from a protocol core.
-trait Protocol: Default + Send + 'static {
-    type Request: Send + 'static;
+pub(super) trait Protocol: Default + Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
     type Response: Send + 'static;
     const NAME: &'static str;
     fn node(req: &Self::Request) -> Option<&Node>;
@@ -193,11 +172,12 @@ trait Protocol: Default + Send + 'static {
     fn set_view(&mut self, view: Arc<ProxyView>);
     fn take_responses(&mut self) -> Vec<Self::Response>;
     fn take_events(&mut self) -> Vec<StreamEvent>;
+    fn encode(response: &Self::Response) -> EncodedMessage;
 }
 
 impl Protocol for DeltaStream {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
     const NAME: &'static str = "delta";
     fn node(req: &Self::Request) -> Option<&Node> {
         req.node.as_ref()
@@ -214,11 +194,14 @@ impl Protocol for DeltaStream {
     fn take_events(&mut self) -> Vec<StreamEvent> {
         DeltaStream::take_events(self)
     }
+    fn encode(response: &Self::Response) -> EncodedMessage {
+        response.encode()
+    }
 }
 
 impl Protocol for SotwStream {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = SotwResponse;
     const NAME: &'static str = "sotw";
     fn node(req: &Self::Request) -> Option<&Node> {
         req.node.as_ref()
@@ -235,12 +218,15 @@ impl Protocol for SotwStream {
     fn take_events(&mut self) -> Vec<StreamEvent> {
         SotwStream::take_events(self)
     }
+    fn encode(response: &Self::Response) -> EncodedMessage {
+        response.encode()
+    }
 }
 
 /// The revision a frontend asked for in [`MIN_REVISION_HEADER`]; a value
 /// that is not a revision is logged and ignored.
-fn min_revision(metadata: &MetadataMap) -> Option<i64> {
-    let value = metadata.get(MIN_REVISION_HEADER)?;
+fn min_revision(headers: &HeaderMap) -> Option<i64> {
+    let value = headers.get(MIN_REVISION_HEADER)?;
     match value.to_str().ok().and_then(|v| v.parse::<i64>().ok()) {
         Some(revision) => Some(revision),
         None => {
@@ -294,14 +280,12 @@ impl CatchUp {
 async fn run_stream<P: Protocol>(
     mut core: P,
     first: P::Request,
-    mut inbound: Streaming<P::Request>,
+    mut inbound: Requests<P::Request>,
     subscription: ProxySubscription,
     catch_up: Option<CatchUp>,
-    tx: mpsc::Sender<Result<P::Response, Status>>,
+    tx: mpsc::Sender<Outbound>,
     metrics: Arc<AdsMetrics>,
-) where
-    Streaming<P::Request>: tokio_stream::Stream<Item = Result<P::Request, Status>> + Unpin,
-{
+) {
     let ProxySubscription { proxy_id, mut views, _registration: registration } = subscription;
     let connected = metrics.connect();
     if let Some(catch_up) = catch_up {
@@ -332,25 +316,25 @@ async fn run_stream<P: Protocol>(
             && let Err(err) = core.handle_request(req)
         {
             tracing::warn!(proxy = %proxy_id, "closing ADS stream: {err}");
-            let _ = tx.send(Err(Status::invalid_argument(err.to_string()))).await;
+            let _ = tx.send(Outbound::Close(Box::new(Status::invalid_argument(err.to_string())))).await;
             break;
         }
         if !flush(&mut core, &tx, &proxy_id, &metrics).await {
             break;
         }
         tokio::select! {
-            msg = inbound.next() => match msg {
-                Some(Ok(req)) => request = Some(req),
-                Some(Err(status)) => {
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => request = Some(req),
+                Err(status) => {
                     tracing::debug!(proxy = %proxy_id, "ADS stream error: {status}");
                     break;
                 }
-                None => break,
+                Ok(None) => break,
             },
             changed = views.changed() => {
                 if changed.is_err() {
                     let status = Status::unavailable("this shard stopped serving the proxy; reconnect");
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.send(Outbound::Close(Box::new(status))).await;
                     break;
                 }
                 let view = views.borrow_and_update().clone();
@@ -365,12 +349,7 @@ async fn run_stream<P: Protocol>(
 }
 
 /// Log and count events, then send responses; false once the proxy is gone.
-async fn flush<P: Protocol>(
-    core: &mut P,
-    tx: &mpsc::Sender<Result<P::Response, Status>>,
-    proxy_id: &str,
-    metrics: &AdsMetrics,
-) -> bool {
+async fn flush<P: Protocol>(core: &mut P, tx: &mpsc::Sender<Outbound>, proxy_id: &str, metrics: &AdsMetrics) -> bool {
     for event in core.take_events() {
         match event {
             StreamEvent::Ack { ty, nonce } => {
@@ -404,7 +383,7 @@ async fn flush<P: Protocol>(
         }
     }
     for response in core.take_responses() {
-        if tx.send(Ok(response)).await.is_err() {
+        if tx.send(Outbound::Message(P::encode(&response))).await.is_err() {
             return false;
         }
     }

@@ -47,9 +47,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-use super::{Nonces, ProtocolError, StreamEvent, to_any};
+use super::{Nonces, ProtocolError, SotwResponse, StreamEvent};
 use crate::resources::{ProxyView, ResourceMap, ResourceType};
 
 /// The sans-IO state of one State-of-the-World ADS stream.
@@ -64,7 +64,7 @@ pub struct SotwStream {
     /// A cluster the EDS subscription names changed since endpoints were sent.
     endpoints_owed: bool,
     nonces: Nonces,
-    responses: Vec<DiscoveryResponse>,
+    responses: Vec<SotwResponse>,
     events: Vec<StreamEvent>,
 }
 
@@ -208,7 +208,7 @@ impl SotwStream {
     }
 
     /// Responses produced so far, in the order they must be sent.
-    pub fn take_responses(&mut self) -> Vec<DiscoveryResponse> {
+    pub fn take_responses(&mut self) -> Vec<SotwResponse> {
         std::mem::take(&mut self.responses)
     }
 
@@ -292,12 +292,11 @@ impl SotwStream {
             };
             let nonce = self.nonces.next();
             self.events.push(StreamEvent::Pushed { ty, nonce: nonce.clone(), resources: set.len(), removed: 0 });
-            self.responses.push(DiscoveryResponse {
+            self.responses.push(SotwResponse {
+                ty,
                 version_info: version.clone(),
-                resources: set.values().map(|r| to_any(ty, r)).collect(),
-                type_url: ty.type_url().to_string(),
                 nonce: nonce.clone(),
-                ..Default::default()
+                resources: set.values().cloned().collect(),
             });
             st.in_flight = Some((nonce, SentSet { version, resources: set }));
             if let Some(endpoints) = self.types.get(&ResourceType::Endpoint) {

@@ -7,9 +7,10 @@ use bytes::Bytes;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
+use prost::Message;
 
 use super::{CDS, EDS, LDS, RDS, mesh, s, version, view};
-use crate::ads::{DeltaStream, ProtocolError, StreamEvent};
+use crate::ads::{DeltaResponse, DeltaStream, ProtocolError, StreamEvent};
 use crate::resources::{ProxyView, Resource, ResourceType};
 
 /// A request builder.
@@ -58,12 +59,12 @@ impl Proxy {
 
     fn send(&mut self, req: Req) -> Vec<DeltaDiscoveryResponse> {
         self.stream.handle_request(req.0).expect("valid request");
-        self.stream.take_responses()
+        self.stream.take_responses().iter().map(wire).collect()
     }
 
     fn push(&mut self, view: Arc<ProxyView>) -> Vec<DeltaDiscoveryResponse> {
         self.stream.set_view(view);
-        self.stream.take_responses()
+        self.stream.take_responses().iter().map(wire).collect()
     }
 
     fn events(&mut self) -> Vec<StreamEvent> {
@@ -78,6 +79,15 @@ impl Proxy {
     fn push_one(&mut self, view: Arc<ProxyView>) -> DeltaDiscoveryResponse {
         one(self.push(view))
     }
+}
+
+/// A response as the proxy receives it: encoded for the wire and decoded
+/// again, which must give the prost message the response stands for.
+fn wire(response: &DeltaResponse) -> DeltaDiscoveryResponse {
+    let bytes = response.encode().to_bytes();
+    let decoded = DeltaDiscoveryResponse::decode(&bytes[5..]).expect("a valid DeltaDiscoveryResponse");
+    assert_eq!(decoded, response.to_proto());
+    decoded
 }
 
 fn one(mut responses: Vec<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
@@ -455,7 +465,10 @@ fn nothing_is_sent_before_the_first_view() {
     stream.handle_request(req(CDS).0).unwrap();
     assert!(stream.take_responses().is_empty());
     stream.set_view(mesh(1).build());
-    assert_eq!(summary(&stream.take_responses()), vec![("cds", s(&["c1", "c2"]), vec![])]);
+    assert_eq!(
+        summary(&stream.take_responses().iter().map(wire).collect::<Vec<_>>()),
+        vec![("cds", s(&["c1", "c2"]), vec![])]
+    );
 }
 
 #[test]
@@ -565,7 +578,7 @@ fn comparing_views_sends_what_comparing_every_resource_sends() {
             assert_eq!(a, b, "seed {seed} step {step}: responses differ");
             assert_eq!(fast.take_events(), full.take_events(), "seed {seed} step {step}: events differ");
             for r in &a {
-                nonces.insert(ResourceType::from_type_url(&r.type_url).unwrap(), r.nonce.clone());
+                nonces.insert(r.ty, r.nonce.clone());
             }
             if rng.chance(40) {
                 view = mutate(&mut rng, &view, step + 2);

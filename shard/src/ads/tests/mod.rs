@@ -9,6 +9,7 @@ use crate::resources::{ProxyView, Resource, ResourceType, content_version};
 
 mod delta;
 mod grpc;
+mod response;
 mod sotw;
 
 const CDS: ResourceType = ResourceType::Cluster;

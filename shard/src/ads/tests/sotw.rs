@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
+use prost::Message;
 
 use super::{CDS, EDS, LDS, RDS, mesh, s, view};
-use crate::ads::{ProtocolError, SotwStream, StreamEvent};
+use crate::ads::{ProtocolError, SotwResponse, SotwStream, StreamEvent};
 use crate::resources::{ProxyView, ResourceType};
 
 /// A request builder: the full subscription, plus the nonce it answers.
@@ -45,11 +46,11 @@ impl Client {
     }
     fn send(&mut self, req: Req) -> Vec<DiscoveryResponse> {
         self.stream.handle_request(req.0).expect("valid request");
-        self.stream.take_responses()
+        self.stream.take_responses().iter().map(wire).collect()
     }
     fn push(&mut self, view: Arc<ProxyView>) -> Vec<DiscoveryResponse> {
         self.stream.set_view(view);
-        self.stream.take_responses()
+        self.stream.take_responses().iter().map(wire).collect()
     }
     fn send_one(&mut self, req: Req) -> DiscoveryResponse {
         one(self.send(req))
@@ -60,6 +61,15 @@ impl Client {
     fn events(&mut self) -> Vec<StreamEvent> {
         self.stream.take_events().into_iter().filter(|e| !matches!(e, StreamEvent::Pushed { .. })).collect()
     }
+}
+
+/// A response as the client receives it: encoded for the wire and decoded
+/// again, which must give the prost message the response stands for.
+fn wire(response: &SotwResponse) -> DiscoveryResponse {
+    let bytes = response.encode().to_bytes();
+    let decoded = DiscoveryResponse::decode(&bytes[5..]).expect("a valid DiscoveryResponse");
+    assert_eq!(decoded, response.to_proto());
+    decoded
 }
 
 fn one(mut responses: Vec<DiscoveryResponse>) -> DiscoveryResponse {
