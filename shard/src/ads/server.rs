@@ -6,16 +6,16 @@
 //! channel, so a slow or rejecting proxy only ever waits on itself.
 //!
 //! ```text
-//!  start: first request ─▶ subscribe(node) ─▶ response headers ─▶ spawn run_stream
+//!  start: response headers ─▶ spawn: first request ─▶ subscribe(node) ─▶ run_stream
 //!  run_stream: x-meshplane-min-revision N?  wait until revisions() >= N (bounded) ─┐
 //!              ┌───────────────────────────────────────────────────────────────────┘
 //!              └▶ set_view(latest), handle first request, then the select! loop
 //! ```
 //!
-//! The catch-up wait happens in the stream's task, after the response
-//! headers: the caller's call returns at once (a frontend bounds opening a
-//! stream by its own timeout), and the requests it sends meanwhile wait in
-//! the stream.
+//! Everything but the response headers happens in the stream's task: the
+//! caller's call returns at once (a frontend bounds opening a stream by its
+//! own timeout), the requests it sends meanwhile wait in the stream, and a
+//! refusal (no node, snapshot not loaded) is the status in the trailers.
 
 use std::fmt;
 use std::sync::Arc;
@@ -138,14 +138,36 @@ impl AdsServer {
         AdsService::new(self)
     }
 
-    /// Read the first request, subscribe the proxy, and spawn its stream;
-    /// the returned body carries its responses.
-    pub(super) async fn start<P: Protocol>(
-        &self,
-        headers: &HeaderMap,
-        mut inbound: Requests<P::Request>,
-    ) -> Result<ResponseBody, Status> {
+    /// Spawn the stream's task and return its response body at once: the
+    /// response headers go out before the first request is read and the proxy
+    /// subscribed, so a caller is never left waiting for them while this
+    /// shard is busy (a frontend bounds opening a stream by its own timeout,
+    /// and re-homing thousands of proxies at once made shards slow to answer).
+    /// A stream refused after that (no node, not ready) ends with its status
+    /// in the trailers, which gRPC clients read as the call's status.
+    pub(super) fn start<P: Protocol>(&self, headers: &HeaderMap, inbound: Requests<P::Request>) -> ResponseBody {
         let min_revision = min_revision(headers);
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let server = self.clone();
+        tokio::spawn(async move {
+            match server.accept::<P>(min_revision, inbound).await {
+                Ok((first, inbound, subscription, catch_up)) => {
+                    run_stream(P::default(), first, inbound, subscription, catch_up, tx, server.metrics).await;
+                }
+                Err(status) => {
+                    let _ = tx.send(Outbound::Close(Box::new(status))).await;
+                }
+            }
+        });
+        ResponseBody::new(rx)
+    }
+
+    /// Read the first request and subscribe the proxy.
+    async fn accept<P: Protocol>(
+        &self,
+        min_revision: Option<i64>,
+        mut inbound: Requests<P::Request>,
+    ) -> Result<(P::Request, Requests<P::Request>, ProxySubscription, Option<CatchUp>), Status> {
         let first =
             inbound.message().await?.ok_or_else(|| Status::cancelled("stream ended before its first request"))?;
         let node = P::node(&first).ok_or_else(|| Status::invalid_argument(NO_NODE))?;
@@ -156,9 +178,7 @@ impl AdsServer {
         tracing::info!(proxy = %subscription.proxy_id, min_revision, "{} ADS stream connected", P::NAME);
         let catch_up = min_revision
             .and_then(|min| Some(CatchUp { min, revisions: self.source.revisions()?, timeout: self.catch_up_timeout }));
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(run_stream(P::default(), first, inbound, subscription, catch_up, tx, self.metrics.clone()));
-        Ok(ResponseBody::new(rx))
+        Ok((first, inbound, subscription, catch_up))
     }
 }
 

@@ -86,8 +86,9 @@ impl tonic::codegen::Service<http::Request<Body>> for AdsService {
     }
 }
 
-/// Start one stream: the response headers go out once the proxy is
-/// subscribed; an error before that is a trailers-only response.
+/// Start one stream: the response headers go out at once (see
+/// `AdsServer::start`); only a refused request encoding is a trailers-only
+/// response.
 async fn serve<P: super::server::Protocol>(
     server: &AdsServer,
     request: http::Request<Body>,
@@ -99,7 +100,7 @@ async fn serve<P: super::server::Protocol>(
         )));
     }
     let (parts, body) = request.into_parts();
-    let responses = server.start::<P>(&parts.headers, Requests::new(body)).await?;
+    let responses = server.start::<P>(&parts.headers, Requests::new(body));
     let mut response = http::Response::new(Body::new(responses));
     response.headers_mut().insert(CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
     Ok(response)

@@ -199,21 +199,42 @@ async fn sotw_connect_ack_and_receive_the_new_set() {
     assert_eq!(h.metrics.pushes(LDS), 1);
 }
 
+/// The response headers go out before the first request is read, so a
+/// refusal is the stream's status: the first read fails with it.
 #[tokio::test]
 async fn a_first_request_without_node_is_refused() {
     let mut h = start(view(1).build()).await;
     let (tx, rx) = mpsc::channel(1);
     tx.send(DeltaDiscoveryRequest { type_url: CDS.type_url().into(), ..Default::default() }).await.unwrap();
-    let status = h.client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_err();
+    let mut stream = h.client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let status = stream.message().await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("node"), "{}", status.message());
 
     let (tx, rx) = mpsc::channel(1);
     let bad_node = Some(Node { id: "router~x".into(), ..Default::default() });
     tx.send(DiscoveryRequest { node: bad_node, type_url: CDS.type_url().into(), ..Default::default() }).await.unwrap();
-    let status = h.client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_err();
+    let mut stream = h.client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let status = stream.message().await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("TYPE~IP~POD"), "{}", status.message());
+}
+
+/// A caller gets the response headers while the first request has not even
+/// been sent: nothing the shard does for a stream delays opening it.
+#[tokio::test]
+async fn a_stream_opens_before_its_first_request() {
+    let mut h = start(view(1).with(CDS, "c1", "cluster one").build()).await;
+    let (tx, rx) = mpsc::channel(1);
+    let call = h.client.delta_aggregated_resources(ReceiverStream::new(rx));
+    let mut stream =
+        tokio::time::timeout(PATIENCE, call).await.expect("response headers before any request").unwrap().into_inner();
+    tx.send(DeltaDiscoveryRequest { node: node(), type_url: CDS.type_url().into(), ..Default::default() })
+        .await
+        .unwrap();
+    let first = next(&mut stream).await;
+    assert_eq!(first.type_url, CDS.type_url());
+    assert_eq!(first.resources.len(), 1);
 }
 
 /// A stream opened for a re-homed proxy: the frontend names the revision the
