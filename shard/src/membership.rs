@@ -205,6 +205,92 @@ impl ShardRegistration {
     }
 }
 
+/// A [`ShardRegistration`] on a thread and Tokio runtime of its own, with
+/// its own store client.
+///
+/// Its keep-alives must not queue behind the proxy streams: on a shard's main
+/// runtime, thousands of streams syncing at once (an initial sync, a re-home
+/// of a dead shard's proxies) delayed them past the lease TTL on a loaded
+/// machine, and every lost lease moved the shard's proxies away and back
+/// (bench/shard-kill.sh). A sleeping thread runs as soon as its timer fires,
+/// whatever the main runtime's queue.
+pub struct IsolatedRegistration {
+    state: watch::Receiver<RegistrationState>,
+    start: tokio::sync::oneshot::Sender<(DrainSignal, DrainSignal)>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+type DrainSignal = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl std::fmt::Debug for IsolatedRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IsolatedRegistration").field("state", &*self.state.borrow()).finish_non_exhaustive()
+    }
+}
+
+impl IsolatedRegistration {
+    /// Start the thread and make its store client with `connect` (run on the
+    /// thread's runtime, which the client's connection then lives on).
+    /// Nothing is registered until [`IsolatedRegistration::start`].
+    pub async fn spawn<F, Fut, E>(
+        connect: F,
+        record: ShardRecord,
+        options: MembershipOptions,
+    ) -> Result<IsolatedRegistration, String>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Arc<dyn Store>, E>>,
+        E: std::fmt::Display,
+    {
+        let (state_tx, state_rx) = tokio::sync::oneshot::channel();
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(DrainSignal, DrainSignal)>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the membership runtime: {e}"))?;
+        std::thread::Builder::new()
+            .name("membership".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let store = match connect().await {
+                        Ok(store) => store,
+                        Err(e) => {
+                            let _ = state_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let registration = ShardRegistration::new(store, record, options);
+                    if state_tx.send(Ok(registration.state())).is_err() {
+                        return;
+                    }
+                    // Dropped unstarted: the shard stopped before its first snapshot.
+                    let Ok((drain, drained)) = start_rx.await else { return };
+                    registration.run(drain, drained).await;
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| format!("cannot start the membership thread: {e}"))?;
+        let state = state_rx.await.map_err(|_| "the membership thread stopped while starting".to_string())??;
+        Ok(IsolatedRegistration { state, start: start_tx, done: done_rx })
+    }
+
+    pub fn state(&self) -> watch::Receiver<RegistrationState> {
+        self.state.clone()
+    }
+
+    /// [`ShardRegistration::run`] on the thread; the returned receiver
+    /// resolves once the shard has left the membership.
+    pub fn start(
+        self,
+        drain: impl Future<Output = ()> + Send + 'static,
+        drained: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<()> {
+        let _ = self.start.send((Box::pin(drain), Box::pin(drained)));
+        self.done
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use meshplane_model::key::SHARDS_PREFIX;
@@ -294,5 +380,49 @@ mod tests {
         state.wait_for(|s| matches!(s, RegistrationState::Registered { lease } if *lease != first)).await.unwrap();
         assert_eq!(stored(&store).await, Some(record()));
         task.abort();
+    }
+
+    /// Block the calling thread (this test's only runtime worker) for longer
+    /// than the lease TTL: a registration on that runtime loses its lease, an
+    /// isolated one keeps it. Real time: the point is a starved runtime.
+    #[tokio::test]
+    async fn an_isolated_registration_keeps_its_lease_while_the_main_runtime_is_starved() {
+        let options = MembershipOptions { ttl: Duration::from_secs(2), ..Default::default() };
+        let starve = || std::thread::sleep(Duration::from_secs(5));
+
+        // On the starved runtime: the lease runs out.
+        let store = Arc::new(EmbeddedStore::in_memory());
+        let registration = ShardRegistration::new(store.clone(), record(), options.clone());
+        let mut state = registration.state();
+        let task = tokio::spawn(registration.run(std::future::pending(), std::future::pending()));
+        state.wait_for(|s| matches!(s, RegistrationState::Registered { .. })).await.unwrap();
+        starve();
+        assert_eq!(stored(&store).await, None, "a starved runtime cannot keep the lease");
+        task.abort();
+
+        // On its own thread: the lease and the key stay.
+        let store = Arc::new(EmbeddedStore::in_memory());
+        let for_thread: Arc<dyn Store> = store.clone();
+        let isolated =
+            IsolatedRegistration::spawn(move || async move { Ok::<_, StoreError>(for_thread) }, record(), options)
+                .await
+                .unwrap();
+        let mut state = isolated.state();
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let done = isolated.start(
+            async move {
+                let _ = drain_rx.await;
+            },
+            async {},
+        );
+        state.wait_for(|s| matches!(s, RegistrationState::Registered { .. })).await.unwrap();
+        let registered = state.borrow_and_update().clone();
+        starve();
+        assert_eq!(stored(&store).await, Some(record()), "the isolated registration kept its key");
+        assert_eq!(*state.borrow(), registered, "under the same lease");
+
+        drain_tx.send(()).unwrap();
+        done.await.unwrap();
+        assert_eq!(stored(&store).await, None, "left the membership");
     }
 }

@@ -20,7 +20,7 @@ use axum::response::{Json, Response};
 use axum::routing::get;
 use meshplane_model::key::{ShardRecord, valid_shard_id};
 use meshplane_shard::ads::{AdsMetrics, AdsServer};
-use meshplane_shard::membership::{MembershipOptions, RegistrationState, ShardRegistration};
+use meshplane_shard::membership::{IsolatedRegistration, MembershipOptions, RegistrationState};
 use meshplane_shard::runtime::{Shard, ShardConfig};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -98,8 +98,16 @@ pub async fn run(args: ShardArgs) -> anyhow::Result<ExitCode> {
 
     let record = ShardRecord { id: id.clone(), addr: advertise.clone(), draining: false };
     let options = MembershipOptions { ttl: args.lease_ttl, drain_timeout: args.drain_timeout };
-    let membership = MembershipThread::spawn(args.store.clone(), record, options).await?;
-    let registration_state = membership.state.clone();
+    // Its own thread, runtime and store connection (see IsolatedRegistration).
+    let url = args.store.clone();
+    let membership = IsolatedRegistration::spawn(
+        move || async move { open_store(&url, "shard membership").await.map_err(|e| format!("{e:#}")) },
+        record,
+        options,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let registration_state = membership.state();
 
     let (registered_tx, registered_rx) = watch::channel(false);
     let mut registry = Registry::default();
@@ -165,7 +173,7 @@ pub async fn run(args: ShardArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         });
-        let registration_done = membership.start(drain_rx, connected);
+        let registration_done = membership.start(wait_for(drain_rx), proxies_gone(connected));
         shutdown_signal().await;
         tracing::info!(shard = %id, "shutting down: handing the proxies over");
         drain_tx.send_replace(true);
@@ -179,63 +187,6 @@ pub async fn run(args: ShardArgs) -> anyhow::Result<ExitCode> {
     admin_stop_tx.send_replace(true);
     let _ = admin_task.await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The shard's membership lease, kept on a thread and runtime of its own with
-/// its own store connection.
-///
-/// Its keep-alives must not queue behind the proxy streams: on the main
-/// runtime, thousands of streams syncing at once (an initial sync, a re-home
-/// of a dead shard's proxies) delayed them past the lease TTL on a loaded
-/// machine, and every lost lease moved a third of the proxies away and back
-/// (bench/shard-kill.sh, docs/benchmarks.md). A sleeping thread is scheduled
-/// by the kernel as soon as its timer fires, whatever the runtime's queue.
-struct MembershipThread {
-    state: watch::Receiver<RegistrationState>,
-    start: tokio::sync::oneshot::Sender<(watch::Receiver<bool>, Arc<AdsMetrics>)>,
-    done: tokio::sync::oneshot::Receiver<()>,
-}
-
-impl MembershipThread {
-    /// Connect the thread's own store client; nothing is registered until [`MembershipThread::start`].
-    async fn spawn(
-        store: StoreUrl,
-        record: ShardRecord,
-        options: MembershipOptions,
-    ) -> anyhow::Result<MembershipThread> {
-        let (state_tx, state_rx) = tokio::sync::oneshot::channel();
-        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(watch::Receiver<bool>, Arc<AdsMetrics>)>();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name("membership".into()).spawn(move || {
-            runtime.block_on(async move {
-                let store = match open_store(&store, "shard membership").await {
-                    Ok(store) => store,
-                    Err(e) => {
-                        let _ = state_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let registration = ShardRegistration::new(store, record, options);
-                if state_tx.send(Ok(registration.state())).is_err() {
-                    return;
-                }
-                // Dropped unstarted: the shard stopped before its first snapshot.
-                let Ok((drain, connected)) = start_rx.await else { return };
-                registration.run(wait_for(drain), proxies_gone(connected)).await;
-            });
-            let _ = done_tx.send(());
-        })?;
-        let state = state_rx.await.map_err(|_| anyhow::anyhow!("the membership thread stopped while starting"))??;
-        Ok(MembershipThread { state, start: start_tx, done: done_rx })
-    }
-
-    /// Register, keep the lease, and on `drain` hand the proxies over and
-    /// leave; the returned receiver resolves once it has left.
-    fn start(self, drain: watch::Receiver<bool>, connected: Arc<AdsMetrics>) -> tokio::sync::oneshot::Receiver<()> {
-        let _ = self.start.send((drain, connected));
-        self.done
-    }
 }
 
 /// Resolves once no proxy is connected. Polled: the ADS metrics are plain
