@@ -61,10 +61,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 
-use super::{DeltaResponse, Nonces, ProtocolError, StreamEvent};
+use super::{DeltaResponse, Nonces, PerType, ProtocolError, StreamEvent};
 use crate::resources::{ProxyView, Resource, ResourceMap, ResourceType};
 
 type Name = Arc<str>;
@@ -80,7 +81,7 @@ type Version = Arc<str>;
 #[derive(Debug, Default)]
 pub struct DeltaStream {
     view: Option<Arc<ProxyView>>,
-    types: BTreeMap<ResourceType, TypeState>,
+    types: PerType<TypeState>,
     /// Clusters sent whose endpoints have not been sent since.
     endpoints_owed: BTreeSet<Name>,
     nonces: Nonces,
@@ -92,11 +93,12 @@ pub struct DeltaStream {
 #[derive(Debug, Default)]
 struct TypeState {
     wildcard: bool,
-    /// Explicitly subscribed names.
-    names: BTreeSet<Name>,
+    /// Explicitly subscribed names (the view's own `Arc`s where it has the
+    /// name: a stream keeps no copy of names the view already holds).
+    names: NameSet,
     /// What the proxy holds (or will, once the in-flight response is
     /// applied). Always within the subscription.
-    held: BTreeMap<Name, Version>,
+    held: Held,
     /// Rejected versions by name; `None`: a rejected removal.
     rejected: BTreeMap<Name, Option<Version>>,
     /// Names to send even if held at the view's version.
@@ -116,9 +118,108 @@ struct InFlight {
 #[derive(Debug)]
 struct HeldChange {
     name: Name,
-    before: Option<Version>,
+    before: Option<Arc<Resource>>,
     /// The version sent; `None` for a removal.
     sent: Option<Version>,
+}
+
+/// What the proxy holds of one type: for each name, the resource at the
+/// version it holds, sorted by name.
+///
+/// Entries are the view's own `Arc<Resource>`s (a resource sent is the
+/// view's; a reconnecting proxy's `initial_resource_versions` that match the
+/// view are resolved to it), so an entry costs one pointer: a
+/// `BTreeMap<Name, Version>` cost about 60 bytes per entry, some 20 KB per
+/// proxy on the standard mesh. An entry may keep a superseded resource alive
+/// while the proxy still holds it (until the next response of its type).
+/// Versions the view does not have become placeholders without a body.
+#[derive(Debug, Default)]
+struct Held(Vec<Arc<Resource>>);
+
+impl Held {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|r| (*r.name).cmp(name))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    /// Whether the proxy holds `current`'s version; if so, the entry becomes
+    /// `current` itself. A rebuild allocates unchanged resources anew, and
+    /// nothing is sent for them: without this an entry would keep the
+    /// previous allocation (and its body) alive next to the view's for as
+    /// long as the content stays the same.
+    fn hold_current(&mut self, current: &Arc<Resource>) -> bool {
+        match self.position(&current.name) {
+            Ok(i) if self.0[i].version == current.version => {
+                if !Arc::ptr_eq(&self.0[i], current) {
+                    self.0[i] = current.clone();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Record `resource` as held; returns what was held under its name.
+    fn insert(&mut self, resource: Arc<Resource>) -> Option<Arc<Resource>> {
+        match self.position(&resource.name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i], resource)),
+            Err(i) => {
+                self.0.insert(i, resource);
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<Resource>> {
+        self.position(name).ok().map(|i| self.0.remove(i))
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&Arc<Resource>) -> bool) {
+        self.0.retain(keep);
+    }
+
+    fn names(&self) -> impl Iterator<Item = &Name> {
+        self.0.iter().map(|r| &r.name)
+    }
+
+    /// Give back spare capacity once a response has changed the set (the
+    /// initial fetch grows it one entry at a time).
+    fn shrink(&mut self) {
+        if self.0.capacity() > self.0.len() + self.0.len() / 8 + 4 {
+            self.0.shrink_to_fit();
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Arc<Resource>> {
+        self.0.iter()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The proxy's `initial_resource_versions`, resolved against the view.
+    fn from_initial(versions: std::collections::HashMap<String, String>, map: Option<&ResourceMap>) -> Self {
+        let mut held: Vec<_> = versions
+            .into_iter()
+            .map(|(name, version)| match map.and_then(|m| m.get_key_value(name.as_str())) {
+                Some((_, r)) if *r.version == *version => r.clone(),
+                // A version the view does not have: the body is never sent
+                // (sends come from the view), only name and version are read.
+                found => Arc::new(Resource {
+                    name: found.map_or_else(|| Name::from(name), |(n, _)| n.clone()),
+                    version: version.into(),
+                    body: Bytes::new(),
+                }),
+            })
+            .collect();
+        held.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        held.shrink_to_fit();
+        Held(held)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +231,37 @@ struct Plan {
 impl Plan {
     fn is_empty(&self) -> bool {
         self.send.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Explicitly subscribed names, sorted: half what a `BTreeSet` costs per
+/// name, and names arrive in batches (a request lists many).
+#[derive(Debug, Default)]
+struct NameSet(Vec<Name>);
+
+impl NameSet {
+    fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| (**n).cmp(name)).is_ok()
+    }
+
+    fn extend(&mut self, names: Vec<Name>) {
+        if names.is_empty() {
+            return;
+        }
+        self.0.extend(names);
+        self.0.sort_unstable();
+        self.0.dedup();
+        self.0.shrink_to_fit();
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.0.binary_search_by(|n| (**n).cmp(name)) {
+            self.0.remove(i);
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Name> {
+        self.0.iter()
     }
 }
 
@@ -147,31 +279,33 @@ impl DeltaStream {
             self.events.push(StreamEvent::UnknownType { type_url: req.type_url });
             return Ok(());
         };
-        let first = !self.types.contains_key(&ty);
-        let st = self.types.entry(ty).or_default();
+        let first = self.types.get(ty).is_none();
+        let map = self.view.as_ref().map(|v| v.resources(ty));
+        let st = self.types.get_or_default(ty);
         if first {
             // A nonce or error on the first request refers to another stream.
-            st.held = req
-                .initial_resource_versions
-                .into_iter()
-                .map(|(name, version)| (Name::from(name), Version::from(version)))
-                .collect();
+            st.held = Held::from_initial(req.initial_resource_versions, map);
             st.wildcard = req.resource_names_subscribe.is_empty() && ty.sotw_wildcard_by_default();
         } else if !req.response_nonce.is_empty() {
             let event = st.settle(ty, req.response_nonce, req.error_detail);
             self.events.push(event);
         }
+        let mut subscribed = Vec::with_capacity(req.resource_names_subscribe.len());
         for name in req.resource_names_subscribe {
             if name == "*" {
                 st.wildcard = true;
                 continue;
             }
-            let name = Name::from(name);
+            let name = match map.and_then(|m| m.get_key_value(name.as_str())) {
+                Some((shared, _)) => shared.clone(),
+                None => Name::from(name),
+            };
             if !first {
                 st.forced.insert(name.clone());
             }
-            st.names.insert(name);
+            subscribed.push(name);
         }
+        st.names.extend(subscribed);
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
                 st.wildcard = false;
@@ -206,10 +340,10 @@ impl DeltaStream {
 
     /// Whether a cluster the proxy holds still waits for its endpoints.
     fn endpoints_pending(&self, view: &ProxyView) -> bool {
-        let Some(clusters) = self.types.get(&ResourceType::Cluster) else {
+        let Some(clusters) = self.types.get(ResourceType::Cluster) else {
             return false;
         };
-        self.endpoints_owed.iter().any(|n| view.endpoints.contains_key(n) && clusters.held.contains_key(n))
+        self.endpoints_owed.iter().any(|n| view.endpoints.contains_key(n) && clusters.held.contains(n))
     }
 
     /// Produce every response that is due, in push order.
@@ -219,13 +353,13 @@ impl DeltaStream {
         };
         let routing_settled = [ResourceType::Listener, ResourceType::Route]
             .into_iter()
-            .all(|ty| self.types.get(&ty).is_none_or(|st| st.in_sync(view.resources(ty))));
+            .all(|ty| self.types.get(ty).is_none_or(|st| st.in_sync(view.resources(ty))));
         // Clusters the proxy still holds although the view dropped them (and
         // which are not removed in this round).
         let mut clusters_kept: BTreeSet<Name> = self
             .types
-            .get(&ResourceType::Cluster)
-            .map(|st| st.held.keys().filter(|n| !view.clusters.contains_key(*n)).cloned().collect())
+            .get(ResourceType::Cluster)
+            .map(|st| st.held.names().filter(|n| !view.clusters.contains_key(*n)).cloned().collect())
             .unwrap_or_default();
         let mut clusters_queued = false;
 
@@ -234,7 +368,7 @@ impl DeltaStream {
             // endpoints must be on the wire first. Envoy subscribes to them only
             // after applying the cluster, so stream order alone does not do it.
             let warming = matches!(ty, ResourceType::Listener | ResourceType::Route) && self.endpoints_pending(&view);
-            let Some(st) = self.types.get_mut(&ty) else {
+            let Some(st) = self.types.get_mut(ty) else {
                 continue;
             };
             let map = view.resources(ty);
@@ -263,13 +397,14 @@ impl DeltaStream {
             let nonce = self.nonces.next();
             let mut changes = Vec::with_capacity(plan.send.len() + plan.remove.len());
             for r in &plan.send {
-                let before = st.held.insert(r.name.clone(), r.version.clone());
+                let before = st.held.insert(r.clone());
                 changes.push(HeldChange { name: r.name.clone(), before, sent: Some(r.version.clone()) });
             }
             for name in &plan.remove {
                 let before = st.held.remove(name);
                 changes.push(HeldChange { name: name.clone(), before, sent: None });
             }
+            st.held.shrink();
             st.in_flight = Some(InFlight { nonce: nonce.clone(), changes });
             match ty {
                 ResourceType::Cluster => {
@@ -315,21 +450,13 @@ impl TypeState {
             return;
         }
         let names = &self.names;
-        self.held.retain(|n, _| names.contains(n));
+        self.held.retain(|r| names.contains(&r.name));
         self.rejected.retain(|n, _| names.contains(n));
     }
 
     /// Call `f` for each resource of `map` the subscription covers.
-    fn for_each_covered<'a>(&self, map: &'a ResourceMap, mut f: impl FnMut(&'a Arc<Resource>)) {
-        if self.wildcard {
-            map.values().for_each(f);
-        } else {
-            for name in &self.names {
-                if let Some(r) = map.get(name) {
-                    f(r);
-                }
-            }
-        }
+    fn for_each_covered<'a>(&self, map: &'a ResourceMap, f: impl FnMut(&'a Arc<Resource>)) {
+        for_each_covered(self.wildcard, &self.names, map, f);
     }
 
     /// Whether the proxy holds (and has acknowledged) exactly what the view
@@ -338,8 +465,8 @@ impl TypeState {
         if self.in_flight.is_some() {
             return false;
         }
-        let mut synced = self.held.iter().all(|(n, v)| map.get(n).is_some_and(|r| r.version == *v));
-        self.for_each_covered(map, |r| synced &= self.held.contains_key(&r.name));
+        let mut synced = self.held.iter().all(|h| map.get(&h.name).is_some_and(|r| r.version == h.version));
+        self.for_each_covered(map, |r| synced &= self.held.contains(&r.name));
         synced
     }
 
@@ -357,7 +484,7 @@ impl TypeState {
                 continue;
             }
             match change.before {
-                Some(version) => self.held.insert(change.name.clone(), version),
+                Some(before) => self.held.insert(before),
                 None => self.held.remove(&change.name),
             };
             self.rejected.insert(change.name, change.sent);
@@ -371,26 +498,38 @@ impl TypeState {
         let held = &self.held;
         self.rejected.retain(|n, v| match v {
             Some(v) => map.get(n).is_some_and(|r| r.version == *v),
-            None => !map.contains_key(n) && held.contains_key(n),
+            None => !map.contains_key(n) && held.contains(n),
         });
         let mut plan = Plan::default();
-        self.for_each_covered(map, |r| {
-            if self.rejected.get(&r.name).is_some_and(|v| v.as_ref() == Some(&r.version)) {
+        let TypeState { wildcard, names, held, rejected, forced, .. } = self;
+        for_each_covered(*wildcard, names, map, |r| {
+            if rejected.get(&r.name).is_some_and(|v| v.as_ref() == Some(&r.version)) {
                 return;
             }
-            if self.held.get(&r.name) != Some(&r.version)
-                || self.forced.contains(&r.name)
-                || owed.is_some_and(|o| o.contains(&r.name))
-            {
+            if !held.hold_current(r) || forced.contains(&r.name) || owed.is_some_and(|o| o.contains(&r.name)) {
                 plan.send.push(r.clone());
             }
         });
         plan.remove = self
             .held
-            .keys()
+            .names()
             .filter(|n| !map.contains_key(*n) && !matches!(self.rejected.get(*n), Some(None)))
             .cloned()
             .collect();
         plan
+    }
+}
+
+/// Call `f` for each resource of `map` a subscription (`wildcard`, or
+/// `names`) covers.
+fn for_each_covered<'a>(wildcard: bool, names: &NameSet, map: &'a ResourceMap, mut f: impl FnMut(&'a Arc<Resource>)) {
+    if wildcard {
+        map.values().for_each(f);
+    } else {
+        for name in names.iter() {
+            if let Some(r) = map.get(name) {
+                f(r);
+            }
+        }
     }
 }
