@@ -61,10 +61,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 
-use super::{DeltaResponse, Nonces, ProtocolError, StreamEvent};
+use super::{DeltaResponse, Nonces, PerType, ProtocolError, StreamEvent};
 use crate::resources::{ProxyView, Resource, ResourceMap, ResourceType};
 
 type Name = Arc<str>;
@@ -80,7 +81,7 @@ type Version = Arc<str>;
 #[derive(Debug, Default)]
 pub struct DeltaStream {
     view: Option<Arc<ProxyView>>,
-    types: BTreeMap<ResourceType, TypeState>,
+    types: PerType<TypeState>,
     /// Clusters sent whose endpoints have not been sent since.
     endpoints_owed: BTreeSet<Name>,
     nonces: Nonces,
@@ -96,11 +97,12 @@ pub struct DeltaStream {
 #[derive(Debug, Default)]
 struct TypeState {
     wildcard: bool,
-    /// Explicitly subscribed names.
-    names: BTreeSet<Name>,
+    /// Explicitly subscribed names (the view's own `Arc`s where it has the
+    /// name: a stream keeps no copy of names the view already holds).
+    names: NameSet,
     /// What the proxy holds (or will, once the in-flight response is
     /// applied). Always within the subscription.
-    held: BTreeMap<Name, Version>,
+    held: Held,
     /// Rejected versions by name; `None`: a rejected removal.
     rejected: BTreeMap<Name, Option<Version>>,
     /// Names to send even if held at the view's version.
@@ -127,9 +129,112 @@ struct InFlight {
 #[derive(Debug)]
 struct HeldChange {
     name: Name,
-    before: Option<Version>,
+    before: Option<Arc<Resource>>,
     /// The version sent; `None` for a removal.
     sent: Option<Version>,
+}
+
+/// What the proxy holds of one type: for each name, the resource at the
+/// version it holds, sorted by name.
+///
+/// Entries are the view's own `Arc<Resource>`s (a resource sent is the
+/// view's; a reconnecting proxy's `initial_resource_versions` that match the
+/// view are resolved to it), so an entry costs one pointer: a
+/// `BTreeMap<Name, Version>` cost about 60 bytes per entry, some 20 KB per
+/// proxy on the standard mesh. An entry may keep a superseded resource alive
+/// while the proxy still holds it (until the next response of its type).
+/// Versions the view does not have become placeholders without a body.
+#[derive(Debug, Default)]
+struct Held(Vec<Arc<Resource>>);
+
+impl Held {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|r| (*r.name).cmp(name))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.position(name).ok().map(|i| &self.0[i])
+    }
+
+    /// Whether the proxy holds `current`'s version; if so, the entry becomes
+    /// `current` itself. A rebuild allocates unchanged resources anew, and
+    /// nothing is sent for them: without this an entry would keep the
+    /// previous allocation (and its body) alive next to the view's for as
+    /// long as the content stays the same.
+    fn hold_current(&mut self, current: &Arc<Resource>) -> bool {
+        match self.position(&current.name) {
+            Ok(i) if self.0[i].version == current.version => {
+                if !Arc::ptr_eq(&self.0[i], current) {
+                    self.0[i] = current.clone();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Record `resource` as held; returns what was held under its name.
+    fn insert(&mut self, resource: Arc<Resource>) -> Option<Arc<Resource>> {
+        match self.position(&resource.name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i], resource)),
+            Err(i) => {
+                self.0.insert(i, resource);
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<Resource>> {
+        self.position(name).ok().map(|i| self.0.remove(i))
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&Arc<Resource>) -> bool) {
+        self.0.retain(keep);
+    }
+
+    fn names(&self) -> impl Iterator<Item = &Name> {
+        self.0.iter().map(|r| &r.name)
+    }
+
+    /// Give back spare capacity once a response has changed the set (the
+    /// initial fetch grows it one entry at a time).
+    fn shrink(&mut self) {
+        if self.0.capacity() > self.0.len() + self.0.len() / 8 + 4 {
+            self.0.shrink_to_fit();
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Arc<Resource>> {
+        self.0.iter()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The proxy's `initial_resource_versions`, resolved against the view.
+    fn from_initial(versions: std::collections::HashMap<String, String>, map: Option<&ResourceMap>) -> Self {
+        let mut held: Vec<_> = versions
+            .into_iter()
+            .map(|(name, version)| match map.and_then(|m| m.get_key_value(name.as_str())) {
+                Some((_, r)) if *r.version == *version => r.clone(),
+                // A version the view does not have: the body is never sent
+                // (sends come from the view), only name and version are read.
+                found => Arc::new(Resource {
+                    name: found.map_or_else(|| Name::from(name), |(n, _)| n.clone()),
+                    version: version.into(),
+                    body: Bytes::new(),
+                }),
+            })
+            .collect();
+        held.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        held.shrink_to_fit();
+        Held(held)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +246,37 @@ struct Plan {
 impl Plan {
     fn is_empty(&self) -> bool {
         self.send.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Explicitly subscribed names, sorted: half what a `BTreeSet` costs per
+/// name, and names arrive in batches (a request lists many).
+#[derive(Debug, Default)]
+struct NameSet(Vec<Name>);
+
+impl NameSet {
+    fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| (**n).cmp(name)).is_ok()
+    }
+
+    fn extend(&mut self, names: Vec<Name>) {
+        if names.is_empty() {
+            return;
+        }
+        self.0.extend(names);
+        self.0.sort_unstable();
+        self.0.dedup();
+        self.0.shrink_to_fit();
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.0.binary_search_by(|n| (**n).cmp(name)) {
+            self.0.remove(i);
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Name> {
+        self.0.iter()
     }
 }
 
@@ -158,34 +294,36 @@ impl DeltaStream {
             self.events.push(StreamEvent::UnknownType { type_url: req.type_url });
             return Ok(());
         };
-        let first = !self.types.contains_key(&ty);
-        let st = self.types.entry(ty).or_default();
+        let first = self.types.get(ty).is_none();
+        let map = self.view.as_ref().map(|v| v.resources(ty));
+        let st = self.types.get_or_default(ty);
         if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
             st.synced = None;
         }
         if first {
             // A nonce or error on the first request refers to another stream.
-            st.held = req
-                .initial_resource_versions
-                .into_iter()
-                .map(|(name, version)| (Name::from(name), Version::from(version)))
-                .collect();
+            st.held = Held::from_initial(req.initial_resource_versions, map);
             st.wildcard = req.resource_names_subscribe.is_empty() && ty.sotw_wildcard_by_default();
         } else if !req.response_nonce.is_empty() {
             let event = st.settle(ty, req.response_nonce, req.error_detail);
             self.events.push(event);
         }
+        let mut subscribed = Vec::with_capacity(req.resource_names_subscribe.len());
         for name in req.resource_names_subscribe {
             if name == "*" {
                 st.wildcard = true;
                 continue;
             }
-            let name = Name::from(name);
+            let name = match map.and_then(|m| m.get_key_value(name.as_str())) {
+                Some((shared, _)) => shared.clone(),
+                None => Name::from(name),
+            };
             if !first {
                 st.forced.insert(name.clone());
             }
-            st.names.insert(name);
+            subscribed.push(name);
         }
+        st.names.extend(subscribed);
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
                 st.wildcard = false;
@@ -224,10 +362,10 @@ impl DeltaStream {
 
     /// Whether a cluster the proxy holds still waits for its endpoints.
     fn endpoints_pending(&self, view: &ProxyView) -> bool {
-        let Some(clusters) = self.types.get(&ResourceType::Cluster) else {
+        let Some(clusters) = self.types.get(ResourceType::Cluster) else {
             return false;
         };
-        self.endpoints_owed.iter().any(|n| view.endpoints.contains_key(n) && clusters.held.contains_key(n))
+        self.endpoints_owed.iter().any(|n| view.endpoints.contains_key(n) && clusters.held.contains(n))
     }
 
     /// Produce every response that is due, in push order.
@@ -237,15 +375,19 @@ impl DeltaStream {
         };
         #[cfg(test)]
         if self.exhaustive {
-            self.types.values_mut().for_each(|st| st.synced = None);
+            for ty in ResourceType::ALL {
+                if let Some(st) = self.types.get_mut(ty) {
+                    st.synced = None;
+                }
+            }
         }
         let routing_settled = [ResourceType::Listener, ResourceType::Route]
             .into_iter()
-            .all(|ty| self.types.get(&ty).is_none_or(|st| st.in_sync(ty, &view)));
+            .all(|ty| self.types.get(ty).is_none_or(|st| st.in_sync(ty, &view)));
         // Clusters the proxy still holds although the view dropped them (and
         // which are not removed in this round).
         let mut clusters_kept: BTreeSet<Name> =
-            self.types.get(&ResourceType::Cluster).map(|st| st.dropped_but_held(&view)).unwrap_or_default();
+            self.types.get(ResourceType::Cluster).map(|st| st.dropped_but_held(&view)).unwrap_or_default();
         let mut clusters_queued = false;
 
         for ty in ResourceType::ALL {
@@ -253,7 +395,7 @@ impl DeltaStream {
             // endpoints must be on the wire first. Envoy subscribes to them only
             // after applying the cluster, so stream order alone does not do it.
             let warming = matches!(ty, ResourceType::Listener | ResourceType::Route) && self.endpoints_pending(&view);
-            let Some(st) = self.types.get_mut(&ty) else {
+            let Some(st) = self.types.get_mut(ty) else {
                 continue;
             };
             let owed = (ty == ResourceType::Endpoint).then_some(&self.endpoints_owed);
@@ -286,13 +428,14 @@ impl DeltaStream {
             let nonce = self.nonces.next();
             let mut changes = Vec::with_capacity(plan.send.len() + plan.remove.len());
             for r in &plan.send {
-                let before = st.held.insert(r.name.clone(), r.version.clone());
+                let before = st.held.insert(r.clone());
                 changes.push(HeldChange { name: r.name.clone(), before, sent: Some(r.version.clone()) });
             }
             for name in &plan.remove {
                 let before = st.held.remove(name);
                 changes.push(HeldChange { name: name.clone(), before, sent: None });
             }
+            st.held.shrink();
             st.in_flight = Some(InFlight { nonce: nonce.clone(), changes });
             match ty {
                 ResourceType::Cluster => {
@@ -341,40 +484,19 @@ impl TypeState {
             return;
         }
         let names = &self.names;
-        self.held.retain(|n, _| names.contains(n));
+        self.held.retain(|r| names.contains(&r.name));
         self.rejected.retain(|n, _| names.contains(n));
     }
 
     /// Call `f` for each resource of `map` the subscription covers.
-    fn for_each_covered<'a>(&self, map: &'a ResourceMap, mut f: impl FnMut(&'a Arc<Resource>)) {
-        if self.wildcard {
-            map.values().for_each(f);
-        } else {
-            for name in &self.names {
-                if let Some(r) = map.get(name) {
-                    f(r);
-                }
-            }
-        }
+    fn for_each_covered<'a>(&self, map: &'a ResourceMap, f: impl FnMut(&'a Arc<Resource>)) {
+        for_each_covered(self.wildcard, &self.names, map, f);
     }
 
-    /// The resources of this type that differ between the view `held` is
-    /// known to match and `view`; `None` when no such view is known (or a
-    /// rejection, forced resend or owed endpoint needs the full comparison).
-    fn changes_since_synced<'a>(
-        &'a self,
-        ty: ResourceType,
-        view: &'a ProxyView,
-        owed: Option<&BTreeSet<Name>>,
-    ) -> Option<Vec<Change<'a>>> {
-        let synced = self.synced.as_ref()?;
-        if !self.rejected.is_empty() || !self.forced.is_empty() || owed.is_some_and(|o| !o.is_empty()) {
-            return None;
-        }
-        if std::ptr::eq(synced.as_ref(), view) {
-            return Some(Vec::new());
-        }
-        Some(changes(synced.resources(ty), view.resources(ty)))
+    /// Whether `synced` may stand for `held` now: no rejection, forced
+    /// resend or owed endpoint needs the full comparison.
+    fn shortcut_allowed(&self, owed: Option<&BTreeSet<Name>>) -> bool {
+        self.rejected.is_empty() && self.forced.is_empty() && owed.is_none_or(|o| o.is_empty())
     }
 
     /// Whether the proxy holds (and has acknowledged) exactly what the view
@@ -383,29 +505,32 @@ impl TypeState {
         if self.in_flight.is_some() {
             return false;
         }
-        if let Some(changes) = self.changes_since_synced(ty, view, None) {
+        if self.shortcut_allowed(None)
+            && let Some(changes) = changes_since(self.synced.as_ref(), ty, view)
+        {
             return changes.iter().all(|(name, new)| match new {
-                Some(r) => !self.covers(name) || self.held.get(*name) == Some(&r.version),
-                None => !self.held.contains_key(*name),
+                Some(r) => !self.covers(name) || self.held.get(name).is_some_and(|h| h.version == r.version),
+                None => !self.held.contains(name),
             });
         }
         let map = view.resources(ty);
-        let mut synced = self.held.iter().all(|(n, v)| map.get(n).is_some_and(|r| r.version == *v));
-        self.for_each_covered(map, |r| synced &= self.held.contains_key(&r.name));
+        let mut synced = self.held.iter().all(|h| map.get(&h.name).is_some_and(|r| r.version == h.version));
+        self.for_each_covered(map, |r| synced &= self.held.contains(&r.name));
         synced
     }
 
     /// Names the proxy holds that the view no longer has.
     fn dropped_but_held(&self, view: &ProxyView) -> BTreeSet<Name> {
-        let map = &view.clusters;
-        match self.changes_since_synced(ResourceType::Cluster, view, None) {
-            Some(changes) => changes
+        if self.shortcut_allowed(None)
+            && let Some(changes) = changes_since(self.synced.as_ref(), ResourceType::Cluster, view)
+        {
+            return changes
                 .into_iter()
-                .filter(|(name, new)| new.is_none() && self.held.contains_key(*name))
+                .filter(|(name, new)| new.is_none() && self.held.contains(name))
                 .map(|(name, _)| name.clone())
-                .collect(),
-            None => self.held.keys().filter(|n| !map.contains_key(*n)).cloned().collect(),
+                .collect();
         }
+        self.held.names().filter(|n| !view.clusters.contains_key(*n)).cloned().collect()
     }
 
     /// ACK or NACK of the in-flight response, or a stale nonce.
@@ -422,7 +547,7 @@ impl TypeState {
                 continue;
             }
             match change.before {
-                Some(version) => self.held.insert(change.name.clone(), version),
+                Some(before) => self.held.insert(before),
                 None => self.held.remove(&change.name),
             };
             self.synced = None;
@@ -433,15 +558,18 @@ impl TypeState {
 
     /// What this type would send now; `owed` names are sent even if held.
     fn plan(&mut self, ty: ResourceType, view: &ProxyView, owed: Option<&BTreeSet<Name>>) -> Plan {
-        if let Some(changes) = self.changes_since_synced(ty, view, owed) {
+        if self.shortcut_allowed(owed)
+            && let Some(changes) = changes_since(self.synced.as_ref(), ty, view)
+        {
             // Only what changed since the synced view can differ from `held`.
             let mut plan = Plan::default();
+            let TypeState { wildcard, names, held, .. } = self;
             for (name, new) in changes {
                 match new {
-                    Some(r) if self.covers(name) && self.held.get(name) != Some(&r.version) => {
+                    Some(r) if (*wildcard || names.contains(name)) && !held.hold_current(r) => {
                         plan.send.push(r.clone());
                     }
-                    None if self.held.contains_key(name) => plan.remove.push(name.clone()),
+                    None if held.contains(name) => plan.remove.push(name.clone()),
                     _ => {}
                 }
             }
@@ -452,23 +580,21 @@ impl TypeState {
         let held = &self.held;
         self.rejected.retain(|n, v| match v {
             Some(v) => map.get(n).is_some_and(|r| r.version == *v),
-            None => !map.contains_key(n) && held.contains_key(n),
+            None => !map.contains_key(n) && held.contains(n),
         });
         let mut plan = Plan::default();
-        self.for_each_covered(map, |r| {
-            if self.rejected.get(&r.name).is_some_and(|v| v.as_ref() == Some(&r.version)) {
+        let TypeState { wildcard, names, held, rejected, forced, .. } = self;
+        for_each_covered(*wildcard, names, map, |r| {
+            if rejected.get(&r.name).is_some_and(|v| v.as_ref() == Some(&r.version)) {
                 return;
             }
-            if self.held.get(&r.name) != Some(&r.version)
-                || self.forced.contains(&r.name)
-                || owed.is_some_and(|o| o.contains(&r.name))
-            {
+            if !held.hold_current(r) || forced.contains(&r.name) || owed.is_some_and(|o| o.contains(&r.name)) {
                 plan.send.push(r.clone());
             }
         });
         plan.remove = self
             .held
-            .keys()
+            .names()
             .filter(|n| !map.contains_key(*n) && !matches!(self.rejected.get(*n), Some(None)))
             .cloned()
             .collect();
@@ -476,15 +602,44 @@ impl TypeState {
     }
 }
 
+/// Call `f` for each resource of `map` a subscription (`wildcard`, or
+/// `names`) covers.
+fn for_each_covered<'a>(wildcard: bool, names: &NameSet, map: &'a ResourceMap, mut f: impl FnMut(&'a Arc<Resource>)) {
+    if wildcard {
+        map.values().for_each(f);
+    } else {
+        for name in names.iter() {
+            if let Some(r) = map.get(name) {
+                f(r);
+            }
+        }
+    }
+}
+
 /// A name whose resource differs between two views, and the new view's resource.
 type Change<'a> = (&'a Name, Option<&'a Arc<Resource>>);
+
+/// The resources of type `ty` that differ between `synced` (the view `held`
+/// is known to match) and `view`; `None` when there is no such view.
+fn changes_since<'a>(
+    synced: Option<&'a Arc<ProxyView>>,
+    ty: ResourceType,
+    view: &'a ProxyView,
+) -> Option<Vec<Change<'a>>> {
+    let synced = synced?;
+    if std::ptr::eq(synced.as_ref(), view) {
+        return Some(Vec::new());
+    }
+    Some(changes(synced.resources(ty), view.resources(ty)))
+}
 
 /// The names whose resource differs between two maps of one type, in name
 /// order, with the resource `new` has (`None`: `new` no longer has it).
 ///
 /// Both maps are sorted by name, so one merge walk does; names and resources
-/// that two views share are the same `Arc`s, compared by pointer before by
-/// content.
+/// that two views share are the same `Arc`s, compared by pointer. A resource
+/// made anew with the same content is listed too, so that `held` can take the
+/// new `Arc` and let the old allocation go (see [`Held::hold_current`]).
 fn changes<'a>(old: &'a ResourceMap, new: &'a ResourceMap) -> Vec<Change<'a>> {
     use std::cmp::Ordering;
     let mut out = Vec::new();
@@ -508,7 +663,7 @@ fn changes<'a>(old: &'a ResourceMap, new: &'a ResourceMap) -> Vec<Change<'a>> {
             }
             Ordering::Equal => {
                 let ((_, a), (name, b)) = (old.next().expect("peeked"), new.next().expect("peeked"));
-                if !Arc::ptr_eq(a, b) && a.version != b.version {
+                if !Arc::ptr_eq(a, b) {
                     out.push((name, Some(b)));
                 }
             }

@@ -184,6 +184,38 @@ pub enum StreamEvent {
     Pushed { ty: ResourceType, nonce: String, resources: usize, removed: usize },
 }
 
+/// One optional value per resource type, stored inline: a stream's state
+/// per type, without the 2 KB node a `BTreeMap` allocates for it.
+#[derive(Debug)]
+struct PerType<T>([Option<T>; ResourceType::ALL.len()]);
+
+impl<T> Default for PerType<T> {
+    fn default() -> Self {
+        PerType(std::array::from_fn(|_| None))
+    }
+}
+
+impl<T> PerType<T> {
+    fn get(&self, ty: ResourceType) -> Option<&T> {
+        self.0[ty as usize].as_ref()
+    }
+
+    fn get_mut(&mut self, ty: ResourceType) -> Option<&mut T> {
+        self.0[ty as usize].as_mut()
+    }
+
+    fn insert(&mut self, ty: ResourceType, value: T) {
+        self.0[ty as usize] = Some(value);
+    }
+
+    fn get_or_default(&mut self, ty: ResourceType) -> &mut T
+    where
+        T: Default,
+    {
+        self.0[ty as usize].get_or_insert_with(T::default)
+    }
+}
+
 /// Per-stream response nonces: a counter, unique within the stream (a nonce
 /// only ever pairs a request with a response of the same stream).
 #[derive(Debug, Default)]

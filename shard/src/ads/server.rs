@@ -152,6 +152,7 @@ impl AdsServer {
         tokio::spawn(async move {
             match server.accept::<P>(min_revision, inbound).await {
                 Ok((first, inbound, subscription, catch_up)) => {
+                    let first = Box::new(first);
                     run_stream(P::default(), first, inbound, subscription, catch_up, tx, server.metrics).await;
                 }
                 Err(status) => {
@@ -299,73 +300,89 @@ impl CatchUp {
 
 async fn run_stream<P: Protocol>(
     mut core: P,
-    first: P::Request,
+    first: Box<P::Request>,
     mut inbound: Requests<P::Request>,
     subscription: ProxySubscription,
     catch_up: Option<CatchUp>,
     tx: mpsc::Sender<Outbound>,
     metrics: Arc<AdsMetrics>,
 ) {
+    // The task's state is as large as everything it keeps across its awaits,
+    // for as long as the proxy is connected: the first request is boxed and
+    // requests are handled as soon as they are read (each is over 600
+    // bytes), the catch-up wait is boxed (only re-homed streams wait), and
+    // there is one place that sends a closing status.
     let ProxySubscription { proxy_id, mut views, _registration: registration } = subscription;
     let connected = metrics.connect();
-    if let Some(catch_up) = catch_up {
-        let (min, timeout) = (catch_up.min, catch_up.timeout);
-        let started = tokio::time::Instant::now();
-        tokio::select! {
-            outcome = catch_up.wait() => match outcome {
-                CaughtUp::Already => {}
-                CaughtUp::Waited => tracing::debug!(proxy = %proxy_id, min_revision = min, waited = ?started.elapsed(),
-                    "the snapshot caught up with the revision the proxy was last sent"),
-                CaughtUp::TimedOut { current } => tracing::warn!(proxy = %proxy_id, min_revision = min,
-                    current_revision = current, ?timeout,
-                    "the snapshot did not reach the revision the proxy was last sent in time; serving it from \
-                     an older snapshot (it may see resources withdrawn and re-added): is this shard's store \
-                     watch behind, or is the store written to outside /meshplane/v1/?"),
-                CaughtUp::SourceGone => {}
-            },
-            () = tx.closed() => {
-                tracing::info!(proxy = %proxy_id, "{} ADS stream closed while catching up", P::NAME);
-                return;
-            }
-        }
+    if let Some(catch_up) = catch_up
+        && !Box::pin(wait_for_catch_up::<P>(catch_up, &tx, &proxy_id)).await
+    {
+        return;
     }
     core.set_view(views.borrow_and_update().clone());
-    let mut request = Some(first);
-    loop {
-        if let Some(req) = request.take()
-            && let Err(err) = core.handle_request(req)
-        {
-            tracing::warn!(proxy = %proxy_id, "closing ADS stream: {err}");
-            let _ = tx.send(Outbound::Close(Box::new(Status::invalid_argument(err.to_string())))).await;
-            break;
-        }
+    let mut close = handle(&mut core, *first, &proxy_id);
+    while close.is_none() {
         if !flush(&mut core, &tx, &proxy_id, &metrics).await {
             break;
         }
         tokio::select! {
             msg = inbound.message() => match msg {
-                Ok(Some(req)) => request = Some(req),
+                Ok(Some(req)) => close = handle(&mut core, req, &proxy_id),
                 Err(status) => {
                     tracing::debug!(proxy = %proxy_id, "ADS stream error: {status}");
                     break;
                 }
                 Ok(None) => break,
             },
-            changed = views.changed() => {
-                if changed.is_err() {
-                    let status = Status::unavailable("this shard stopped serving the proxy; reconnect");
-                    let _ = tx.send(Outbound::Close(Box::new(status))).await;
-                    break;
+            changed = views.changed() => match changed {
+                Ok(()) => {
+                    let view = views.borrow_and_update().clone();
+                    core.set_view(view);
                 }
-                let view = views.borrow_and_update().clone();
-                core.set_view(view);
-            }
+                Err(_) => close = Some(Status::unavailable("this shard stopped serving the proxy; reconnect")),
+            },
             () = tx.closed() => break,
         }
+    }
+    if let Some(status) = close {
+        let _ = tx.send(Outbound::Close(Box::new(status))).await;
     }
     tracing::info!(proxy = %proxy_id, "{} ADS stream closed", P::NAME);
     drop(connected);
     drop(registration);
+}
+
+/// Hand a request to the core; the status to close the stream with if the
+/// protocol cannot accept it.
+fn handle<P: Protocol>(core: &mut P, request: P::Request, proxy_id: &str) -> Option<Status> {
+    let err = core.handle_request(request).err()?;
+    tracing::warn!(proxy = %proxy_id, "closing ADS stream: {err}");
+    Some(Status::invalid_argument(err.to_string()))
+}
+
+/// Wait (bounded) until the source reaches the revision the stream asked
+/// for; false if the proxy went away meanwhile.
+async fn wait_for_catch_up<P: Protocol>(catch_up: CatchUp, tx: &mpsc::Sender<Outbound>, proxy_id: &str) -> bool {
+    let (min, timeout) = (catch_up.min, catch_up.timeout);
+    let started = tokio::time::Instant::now();
+    tokio::select! {
+        outcome = catch_up.wait() => match outcome {
+            CaughtUp::Already => {}
+            CaughtUp::Waited => tracing::debug!(proxy = %proxy_id, min_revision = min, waited = ?started.elapsed(),
+                "the snapshot caught up with the revision the proxy was last sent"),
+            CaughtUp::TimedOut { current } => tracing::warn!(proxy = %proxy_id, min_revision = min,
+                current_revision = current, ?timeout,
+                "the snapshot did not reach the revision the proxy was last sent in time; serving it from \
+                 an older snapshot (it may see resources withdrawn and re-added): is this shard's store \
+                 watch behind, or is the store written to outside /meshplane/v1/?"),
+            CaughtUp::SourceGone => {}
+        },
+        () = tx.closed() => {
+            tracing::info!(proxy = %proxy_id, "{} ADS stream closed while catching up", P::NAME);
+            return false;
+        }
+    }
+    true
 }
 
 /// Log and count events, then send responses; false once the proxy is gone.

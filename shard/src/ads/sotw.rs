@@ -44,13 +44,12 @@
 //!   EDS subscription names is followed by an EDS response even if the
 //!   endpoint set is unchanged, so Envoy can finish warming it.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-use super::{Nonces, ProtocolError, SotwResponse, StreamEvent};
-use crate::resources::{ProxyView, ResourceMap, ResourceType};
+use super::{Nonces, PerType, ProtocolError, SotwResponse, StreamEvent};
+use crate::resources::{ProxyView, Resource, ResourceMap, ResourceType};
 
 /// The sans-IO state of one State-of-the-World ADS stream.
 ///
@@ -60,7 +59,7 @@ use crate::resources::{ProxyView, ResourceMap, ResourceType};
 #[derive(Debug, Default)]
 pub struct SotwStream {
     view: Option<Arc<ProxyView>>,
-    types: BTreeMap<ResourceType, TypeState>,
+    types: PerType<TypeState>,
     /// A cluster the EDS subscription names changed since endpoints were sent.
     endpoints_owed: bool,
     nonces: Nonces,
@@ -71,39 +70,60 @@ pub struct SotwStream {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Subscription {
     All,
-    Names(BTreeSet<Arc<str>>),
+    /// Sorted and deduplicated (half what a `BTreeSet` costs per name).
+    Names(Box<[Arc<str>]>),
 }
 
 impl Subscription {
-    fn parse(ty: ResourceType, names: Vec<String>) -> Self {
+    /// Names the view has become the view's own `Arc`s: every request
+    /// repeats the whole subscription, and a stream keeps no copy of them.
+    fn parse(ty: ResourceType, names: Vec<String>, map: Option<&ResourceMap>) -> Self {
         if names.iter().any(|n| n == "*") || (names.is_empty() && ty.sotw_wildcard_by_default()) {
             Subscription::All
         } else {
-            Subscription::Names(names.into_iter().map(Arc::from).collect())
+            let intern = |name: String| match map.and_then(|m| m.get_key_value(name.as_str())) {
+                Some((shared, _)) => shared.clone(),
+                None => Arc::from(name),
+            };
+            let mut names: Vec<_> = names.into_iter().map(intern).collect();
+            names.sort_unstable();
+            names.dedup();
+            Subscription::Names(names.into_boxed_slice())
         }
     }
 
     fn covers(&self, name: &str) -> bool {
         match self {
             Subscription::All => true,
-            Subscription::Names(names) => names.contains(name),
+            Subscription::Names(names) => names.binary_search_by(|n| (**n).cmp(name)).is_ok(),
         }
     }
 
-    fn select(&self, map: &ResourceMap) -> ResourceMap {
+    /// The subscribed resources of `map`, sorted by name.
+    fn select(&self, map: &ResourceMap) -> Vec<Arc<Resource>> {
         match self {
-            Subscription::All => map.clone(),
-            Subscription::Names(names) => {
-                names.iter().filter_map(|n| map.get_key_value(n)).map(|(n, r)| (n.clone(), r.clone())).collect()
-            }
+            Subscription::All => map.values().cloned().collect(),
+            Subscription::Names(names) => names.iter().filter_map(|n| map.get(n)).cloned().collect(),
         }
     }
 }
 
+/// A set of resources sent, sorted by name: the view's own `Arc`s, one
+/// pointer each (a `BTreeMap` by name cost about 60 bytes per entry).
 #[derive(Debug, Clone)]
 struct SentSet {
     version: String,
-    resources: ResourceMap,
+    resources: Vec<Arc<Resource>>,
+}
+
+impl SentSet {
+    fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.resources.binary_search_by(|r| (*r.name).cmp(name)).ok().map(|i| &self.resources[i])
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
 }
 
 #[derive(Debug)]
@@ -126,11 +146,12 @@ impl TypeState {
     }
 }
 
-/// `version_info` of a set: xxh3-128 over its (name, version) pairs.
-fn set_version(set: &ResourceMap) -> String {
+/// `version_info` of a set (sorted by name): xxh3-128 over its (name,
+/// version) pairs.
+fn set_version(set: &[Arc<Resource>]) -> String {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for (name, r) in set {
-        hasher.update(name.as_bytes());
+    for r in set {
+        hasher.update(r.name.as_bytes());
         hasher.update(&[0]);
         hasher.update(r.version.as_bytes());
         hasher.update(&[0]);
@@ -152,8 +173,8 @@ impl SotwStream {
             self.events.push(StreamEvent::UnknownType { type_url: req.type_url });
             return Ok(());
         };
-        let subscription = Subscription::parse(ty, req.resource_names);
-        let Some(st) = self.types.get_mut(&ty) else {
+        let subscription = Subscription::parse(ty, req.resource_names, self.view.as_ref().map(|v| v.resources(ty)));
+        let Some(st) = self.types.get_mut(ty) else {
             // First request of this type; a nonce here refers to another stream.
             self.types.insert(
                 ty,
@@ -182,7 +203,7 @@ impl SotwStream {
                     StreamEvent::Nack {
                         ty,
                         nonce,
-                        names: set.resources.into_keys().collect(),
+                        names: set.resources.iter().map(|r| r.name.clone()).collect(),
                         code: error.code,
                         message: error.message,
                     }
@@ -219,15 +240,15 @@ impl SotwStream {
 
     /// Whether a cluster sent to the proxy still waits for its endpoints.
     fn endpoints_pending(&self, view: &ProxyView) -> bool {
-        let last = |ty| self.types.get(&ty).and_then(|st| st.in_flight.as_ref().map(|(_, s)| s).or(st.acked.as_ref()));
+        let last = |ty| self.types.get(ty).and_then(|st| st.in_flight.as_ref().map(|(_, s)| s).or(st.acked.as_ref()));
         let Some(clusters) = last(ResourceType::Cluster) else {
             return false;
         };
         let endpoints = last(ResourceType::Endpoint);
         clusters
             .resources
-            .keys()
-            .any(|n| view.endpoints.contains_key(n) && !endpoints.is_some_and(|e| e.resources.contains_key(n)))
+            .iter()
+            .any(|c| view.endpoints.contains_key(&c.name) && !endpoints.is_some_and(|e| e.contains(&c.name)))
     }
 
     fn pump(&mut self) {
@@ -236,28 +257,41 @@ impl SotwStream {
         };
         let routing_settled = [ResourceType::Listener, ResourceType::Route]
             .into_iter()
-            .all(|ty| self.types.get(&ty).is_none_or(|st| st.settled(view.resources(ty))));
+            .all(|ty| self.types.get(ty).is_none_or(|st| st.settled(view.resources(ty))));
         let mut clusters_queued = false;
 
         for ty in ResourceType::ALL {
             // Routes may point at a new cluster only once its endpoints are on
             // the wire (the proxy asks for them only after applying the cluster).
             let warming = matches!(ty, ResourceType::Listener | ResourceType::Route) && self.endpoints_pending(&view);
-            let Some(st) = self.types.get_mut(&ty) else {
+            let Some(st) = self.types.get_mut(ty) else {
                 continue;
             };
-            let mut set = st.subscription.select(view.resources(ty));
+            let map = view.resources(ty);
+            let mut set = st.subscription.select(map);
             if ty == ResourceType::Cluster
                 && !routing_settled
                 && let Some(acked) = &st.acked
             {
-                for (name, r) in &acked.resources {
-                    if st.subscription.covers(name) && !set.contains_key(name) {
-                        set.insert(name.clone(), r.clone());
-                    }
+                let kept =
+                    acked.resources.iter().filter(|r| st.subscription.covers(&r.name) && !map.contains_key(&r.name));
+                let kept: Vec<_> = kept.cloned().collect();
+                if !kept.is_empty() {
+                    set.extend(kept);
+                    set.sort_unstable_by(|a, b| a.name.cmp(&b.name));
                 }
             }
             let version = set_version(&set);
+            // A set the stream keeps with this very content holds the view's
+            // allocations from now on: a rebuild allocates unchanged
+            // resources anew, and the previous ones (bodies included) would
+            // otherwise stay alive next to the view's as long as the content
+            // stays the same.
+            for kept in [st.acked.as_mut(), st.in_flight.as_mut().map(|(_, s)| s)].into_iter().flatten() {
+                if kept.version == version {
+                    kept.resources.clone_from(&set);
+                }
+            }
             let last = st.in_flight.as_ref().map(|(_, s)| s).or(st.acked.as_ref());
             let changed = last.is_none_or(|s| s.version != version);
             let rejected = st.nacked_version.as_deref() == Some(version.as_str());
@@ -285,8 +319,8 @@ impl SotwStream {
             let updated_clusters: Vec<Arc<str>> = match (&st.acked, ty) {
                 (Some(acked), ResourceType::Cluster) => set
                     .iter()
-                    .filter(|(n, r)| acked.resources.get(*n).is_some_and(|a| a.version != r.version))
-                    .map(|(n, _)| n.clone())
+                    .filter(|r| acked.get(&r.name).is_some_and(|a| a.version != r.version))
+                    .map(|r| r.name.clone())
                     .collect(),
                 _ => Vec::new(),
             };
@@ -296,10 +330,10 @@ impl SotwStream {
                 ty,
                 version_info: version.clone(),
                 nonce: nonce.clone(),
-                resources: set.values().cloned().collect(),
+                resources: set.clone(),
             });
             st.in_flight = Some((nonce, SentSet { version, resources: set }));
-            if let Some(endpoints) = self.types.get(&ResourceType::Endpoint) {
+            if let Some(endpoints) = self.types.get(ResourceType::Endpoint) {
                 self.endpoints_owed |= updated_clusters.iter().any(|n| endpoints.subscription.covers(n));
             }
         }

@@ -122,6 +122,31 @@ fn wildcard_cds_and_lds_get_the_full_set() {
 }
 
 #[test]
+fn subscribed_names_are_the_views_own() {
+    // Every SotW request repeats the whole subscription; the stream keeps the
+    // view's name allocations, not a copy per request.
+    let view = mesh(1).build();
+    let name = view.endpoints.get_key_value("c1").map(|(n, _)| n.clone()).unwrap();
+    let refs = Arc::strong_count(&name);
+    let mut c = Client::new(view);
+    let eds = c.send_one(req(EDS, &["c1", "nope"]));
+    assert!(Arc::strong_count(&name) > refs, "the subscription holds the view's c1");
+    c.send(req(EDS, &["c1", "nope"]).ack(&eds));
+    assert_eq!(bodies(&eds), s(&["endpoints one"]));
+}
+
+#[test]
+fn a_rebuild_with_unchanged_content_releases_the_previous_allocations() {
+    let v1 = mesh(1).build();
+    let previous = Arc::downgrade(&v1.clusters["c1"]);
+    let mut c = Client::new(v1);
+    let cds = c.send_one(req(CDS, &[]));
+    assert!(c.send(req(CDS, &[]).ack(&cds)).is_empty());
+    assert!(c.push(mesh(2).build()).is_empty());
+    assert!(previous.upgrade().is_none(), "the stream keeps a superseded c1 alive");
+}
+
+#[test]
 fn version_info_is_a_content_hash_of_the_set() {
     let mut a = Client::new(mesh(1).build());
     let mut b = Client::new(mesh(99).build());
