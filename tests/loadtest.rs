@@ -4,6 +4,7 @@
 
 mod support;
 
+use meshplane_loadtest::istio_files::Flavor;
 use meshplane_loadtest::mesh::{Mesh, MeshParams};
 use meshplane_loadtest::report::Report;
 use meshplane_loadtest::run::{RunArgs, run};
@@ -11,6 +12,10 @@ use support::{Meshplane, MeshplaneOptions};
 
 /// 40 services x 5 pods in 4 namespaces (+ the shared one): 200 workloads.
 fn mesh_dir() -> tempfile::TempDir {
+    mesh_dir_of(Flavor::Kubernetes)
+}
+
+fn mesh_dir_of(flavor: Flavor) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let params = MeshParams {
         services: 40,
@@ -23,7 +28,9 @@ fn mesh_dir() -> tempfile::TempDir {
         gateways: 0,
         no_sidecars: false,
     };
-    Mesh::generate(params).write(dir.path()).expect("write the mesh");
+    let mut mesh = Mesh::generate(params);
+    mesh.flavor = flavor;
+    mesh.write(dir.path()).expect("write the mesh");
     dir
 }
 
@@ -123,4 +130,31 @@ fn nacks_and_reconnects_are_counted() {
     // Endpoints are unaffected by listener NACKs: the change after the storm converges everywhere.
     assert_eq!(report.convergence.converged, 200);
     assert_eq!(report.proxies.converged, 200);
+}
+
+/// The mesh as ServiceEntries + WorkloadEntries (what istiod reads from
+/// files): meshplane serves it too, and a moved WorkloadEntry reaches every
+/// proxy as the same EDS endpoint change as a moved Pod.
+#[test]
+fn istio_files_flavor_converges_on_workload_entry_moves() {
+    let dir = mesh_dir_of(Flavor::IstioFiles);
+    let mesh = Mesh::load(dir.path()).expect("mesh.json");
+    let shared = mesh.targets(true)[0];
+    let text = std::fs::read_to_string(mesh.service_path(dir.path(), shared)).expect("a shared service's file");
+    assert!(text.contains("kind: ServiceEntry") && !text.contains("kind: Pod"), "{text}");
+    let mp = start(&dir);
+    let (report, json) = loadtest(
+        &mp,
+        &dir,
+        &["--proxies", "200", "--scenario", "steady", "--duration", "2.5", "--change-interval", "1"],
+    );
+    assert_eq!(json["proxies"]["synced"], 200, "{:#}", json["proxies"]);
+    assert_eq!(json["nacks"], 0);
+    assert!(report.changes.len() >= 2, "{:?}", report.changes);
+    for change in &report.changes {
+        assert_eq!((change.affected, change.converged), (200, 200), "{change:?}");
+    }
+    // Each move reached every proxy as an EDS response.
+    assert!(report.scenario_totals.eds_responses >= 200, "{:?}", report.scenario_totals);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
 }

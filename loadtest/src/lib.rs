@@ -24,6 +24,7 @@ pub mod conn;
 pub mod facts;
 pub mod hpack;
 pub mod intern;
+pub mod istio_files;
 pub mod mesh;
 pub mod metrics;
 pub mod plot;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use meshplane_loadtest::istio_files::Flavor;
 use meshplane_loadtest::mesh::{Mesh, MeshParams};
 use meshplane_loadtest::run::{RunArgs, run};
 
@@ -24,6 +25,10 @@ enum Command {
     GenMesh {
         #[command(flatten)]
         params: MeshParams,
+        /// kubernetes: Services + Pods. istio-files: ServiceEntries + WorkloadEntries
+        /// (no Kubernetes kinds), for istiod --configDir; meshplane serves both.
+        #[arg(long, value_enum, default_value_t)]
+        flavor: Flavor,
         #[arg(long)]
         out: PathBuf,
     },
@@ -60,8 +65,9 @@ fn main() -> ExitCode {
                 println!("{}", summary(&report));
                 Ok(())
             }
-            Command::GenMesh { params, out } => {
-                let mesh = Mesh::generate(params);
+            Command::GenMesh { params, flavor, out } => {
+                let mut mesh = Mesh::generate(params);
+                mesh.flavor = flavor;
                 mesh.write(&out)?;
                 let pods: usize = mesh.services.iter().map(|s| s.pods.len()).sum();
                 println!(
