@@ -21,6 +21,16 @@ def num(v, fmt="{:,.0f}"):
     return "-" if v is None else fmt.format(v)
 
 
+def milestones(r):
+    """Mean time from a change's write until each watched metric changed."""
+    seen = {}
+    for ch in r["changes"]:
+        for metric, ms in (ch.get("milestones_ms") or {}).items():
+            if ms is not None:
+                seen.setdefault(metric, []).append(ms)
+    return ", ".join(f"{m}: {sum(v) / len(v):,.0f}" for m, v in sorted(seen.items())) or "-"
+
+
 def table(head, rows):
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -47,6 +57,7 @@ for t, r in reports.items():
             num((tg.get("cpu_s_per_push_per_proxy") or 0) * 1e3 or None, "{:.3f}"),
             num(r.get("initial_sync_ms")),
             f"{r['nacks']}/{r['reconnects']}",
+            milestones(r),
         ]
     )
 table(
@@ -64,6 +75,7 @@ table(
         "CPU ms/change/proxy",
         "initial sync ms",
         "NACKs/reconnects",
+        "write→milestone ms (mean)",
     ],
     rows,
 )

@@ -16,13 +16,20 @@
 # loopback with no objects but the istio-system namespace. Only istiod's own
 # process is measured (--target-pid); the idle API server and etcd are not.
 #
-# Environment (defaults): SERVICES=1000 PODS=10 NAMESPACES=20,
+# Environment (defaults): SERVICES=1000 PODS=10 NAMESPACES=20, GEN_ARGS=""
+# (more `loadtest gen-mesh` options, e.g. "--dr-share 0 --vs-share 0"),
 # TARGETS="meshplane istiod", CONNECT_RATE=20 (new ADS streams per second
 # for both servers: istiod admits 25/s on 2 cores, PILOT_MAX_REQUESTS_PER_SECOND,
-# and fails the stream after waiting 1 s past that), MESHPLANE_BIN and
+# and fails the stream after waiting 1 s past that), ISTIOD_LOG=all:warn
+# (istiod's --log_output_level; e.g. all:warn,ads:info shows its pushes),
+# MILESTONES=0 (1: poll each server's /metrics every 10 ms after a change to
+# time when it had the change: meshplane_shard_snapshot_revision, istiod's
+# pilot_debounce_time_count and pilot_pushcontext_init_seconds_count; the
+# polling costs the server CPU), MESHPLANE_BIN and
 # LOADTEST_BIN (target/release of this checkout), OUT=bench/results.
-# Ports: meshplane 25010/25014; istiod 15010 (plaintext xDS), 15012, 15014,
-# 15017, 18080, 19876; kube-apiserver 26443; etcd 23790/23800. Everything runs
+# Ports: meshplane 25110/25114 (not bench/run.sh's, so both can run); istiod
+# 15010 (plaintext xDS), 15012, 15014, 15017, 18080, 19876; kube-apiserver
+# 26443; etcd 23790/23800. Each must be free (checked first). Everything runs
 # on loopback and stops by itself.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +45,9 @@ PODS=${PODS:-10}
 NAMESPACES=${NAMESPACES:-20}
 read -ra targets <<<"${TARGETS:-meshplane istiod}"
 CONNECT_RATE=${CONNECT_RATE:-20}
+ISTIOD_LOG=${ISTIOD_LOG:-all:warn}
+MILESTONES=${MILESTONES:-0}
+read -ra gen_args <<<"${GEN_ARGS:-}"
 
 for bin in "$MESHPLANE_BIN" "$LOADTEST_BIN"; do
 	[[ -x $bin ]] || { echo "$bin missing: run bench/setup.sh" >&2; exit 1; }
@@ -77,13 +87,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# free PORT...: fail unless nothing listens on these loopback ports.
+free() {
+	local port
+	for port in "$@"; do
+		if ss -Hltn "sport = :$port" | grep -q .; then
+			echo "port $port is in use (another benchmark?): $(ss -Hltnp "sport = :$port" | head -n1)" >&2
+			return 1
+		fi
+	done
+}
+
 # wait_for URL PID WHAT [CURL ARGS...]: poll until URL answers 2xx, for 120 s at most.
 wait_for() {
 	local url=$1 pid=$2 what=$3
 	shift 3
 	for _ in $(seq 1 1200); do
-		if curl -fsk "$@" "$url" >/dev/null 2>&1; then return 0; fi
 		kill -0 "$pid" 2>/dev/null || { echo "$what exited while starting; see its log in $out" >&2; return 1; }
+		if curl -fsk "$@" "$url" >/dev/null 2>&1; then return 0; fi
 		sleep 0.1
 	done
 	echo "$what not ready at $url after 120 s" >&2
@@ -92,21 +113,24 @@ wait_for() {
 
 gen_mesh() { # DIR: the identical input of both runs; prints its digest
 	"$LOADTEST_BIN" gen-mesh --flavor istio-files --services "$SERVICES" --pods-per-service "$PODS" \
-		--namespaces "$NAMESPACES" --out "$1" >&2
+		--namespaces "$NAMESPACES" "${gen_args[@]}" --out "$1" >&2
 	(cd "$1" && find . -type f -name '*.yaml' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)
 }
 
 start_meshplane() { # MESH DIR -> sets server_pid, xds
-	MESHPLANE_LOG=warn "$MESHPLANE_BIN" up --config-dir "$1" --xds-addr 127.0.0.1:25010 \
-		--admin-addr 127.0.0.1:25014 >"$2/meshplane.log" 2>&1 &
+	free 25110 25114
+	MESHPLANE_LOG=warn "$MESHPLANE_BIN" up --config-dir "$1" --xds-addr 127.0.0.1:25110 \
+		--admin-addr 127.0.0.1:25114 >"$2/meshplane.log" 2>&1 &
 	server_pid=$!
 	pids+=("$server_pid")
-	xds=127.0.0.1:25010
-	wait_for http://127.0.0.1:25014/ready "$server_pid" meshplane
+	xds=127.0.0.1:25110
+	milestones=(--target-admin 127.0.0.1:25114 --watch-metric meshplane_shard_snapshot_revision)
+	wait_for http://127.0.0.1:25114/ready "$server_pid" meshplane
 }
 
 start_istiod() { # MESH DIR -> sets server_pid, xds
 	local mesh=$1 dir=$2 k="$work/kube"
+	free 23790 23800 26443 15010 15012 15014 15017 18080 19876
 	mkdir -p "$k"
 	# A CA, an admin client certificate (system:masters) and service-account keys.
 	(
@@ -149,10 +173,12 @@ start_istiod() { # MESH DIR -> sets server_pid, xds
 		--meshConfig "$k/no-mesh-config" --networksConfig "$k/no-mesh-networks" \
 		--grpcAddr 127.0.0.1:15010 --secureGRPCAddr 127.0.0.1:15012 --monitoringAddr 127.0.0.1:15014 \
 		--httpsAddr 127.0.0.1:15017 --httpAddr 127.0.0.1:18080 --ctrlz_port 19876 \
-		--log_output_level all:warn) >"$dir/istiod.log" 2>&1 &
+		--log_output_level "$ISTIOD_LOG") >"$dir/istiod.log" 2>&1 &
 	server_pid=$!
 	pids+=("$server_pid")
 	xds=127.0.0.1:15010
+	milestones=(--target-admin 127.0.0.1:15014 --watch-metric pilot_debounce_time_count
+		--watch-metric pilot_pushcontext_init_seconds_count)
 	wait_for http://127.0.0.1:18080/ready "$server_pid" istiod
 	istiod_extra_pids=("$kas_pid" "$etcd_pid")
 }
@@ -165,21 +191,26 @@ for target in "${targets[@]}"; do
 	mesh="$work/mesh-$target"
 	digests+=("$(gen_mesh "$mesh")")
 	istiod_extra_pids=()
+	milestones=()
 	case $target in
 	meshplane) start_meshplane "$mesh" "$dir" ;;
 	istiod) start_istiod "$mesh" "$dir" ;;
 	*) echo "unknown target $target (meshplane, istiod)" >&2; exit 2 ;;
 	esac
+	[[ $MILESTONES == 1 ]] || milestones=()
 	{
 		echo "# $(date -u +%FT%TZ) $name on $target: $proxies proxies, $SERVICES services x $PODS pods in $NAMESPACES namespaces (istio-files, digest ${digests[-1]})"
 		echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-		echo "# loadtest run --xds $xds --proxies $proxies --connect-rate $CONNECT_RATE $*"
+		echo "# loadtest run --xds $xds --proxies $proxies --connect-rate $CONNECT_RATE ${milestones[*]} $*"
 	} >"$dir/loadtest.log"
 	"$LOADTEST_BIN" run --xds "$xds" --mesh "$mesh" --proxies "$proxies" --target-pid "$server_pid" \
-		--connect-rate "$CONNECT_RATE" --report "$dir/report.json" --plots "$dir" "$@" 2>&1 | tee -a "$dir/loadtest.log"
+		--connect-rate "$CONNECT_RATE" --report "$dir/report.json" --plots "$dir" "${milestones[@]}" "$@" 2>&1 |
+		tee -a "$dir/loadtest.log"
 	echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$dir/loadtest.log"
 	stop "$server_pid" "${istiod_extra_pids[@]}"
-	# Keep a server log only if it said something.
+	# Keep a server log only if it said something; etcd's and the API
+	# server's only if istiod did not start (they are read on failure).
+	rm -f "$dir/etcd.log" "$dir/kube-apiserver.log"
 	for f in "$dir"/*.log; do [[ -s $f ]] || rm -f "$f"; done
 	rm -rf "$mesh" "$work/kube"
 done
