@@ -199,7 +199,7 @@ for target in "${targets[@]}"; do
 	esac
 	[[ $MILESTONES == 1 ]] || milestones=()
 	{
-		echo "# $(date -u +%FT%TZ) $name on $target: $proxies proxies, $SERVICES services x $PODS pods in $NAMESPACES namespaces (istio-files, digest ${digests[-1]})"
+		echo "# $(date -u +%FT%TZ) $name on $target: $proxies proxies, $SERVICES services x $PODS pods in $NAMESPACES namespaces (istio-files ${gen_args[*]}, digest ${digests[-1]})"
 		echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 		echo "# loadtest run --xds $xds --proxies $proxies --connect-rate $CONNECT_RATE ${milestones[*]} $*"
 	} >"$dir/loadtest.log"
