@@ -103,7 +103,7 @@ wait_for() {
 	local url=$1 pid=$2 what=$3
 	shift 3
 	for _ in $(seq 1 1200); do
-		kill -0 "$pid" 2>/dev/null || { echo "$what exited while starting; see its log in $out" >&2; return 1; }
+		kill -0 "$pid" 2>/dev/null || { echo "$what exited while starting; see the logs under $out" >&2; return 1; }
 		if curl -fsk "$@" "$url" >/dev/null 2>&1; then return 0; fi
 		sleep 0.1
 	done
