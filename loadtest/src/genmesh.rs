@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use crate::istio_files::Flavor;
 use crate::mesh::{Mesh, MeshParams};
 use crate::store::{DEFAULT_CLUSTER, MeshStore, StoreLocation, SyncSummary};
 
@@ -29,6 +30,10 @@ pub struct GenMeshArgs {
     /// one it does not serve.
     #[arg(long, requires = "store")]
     pub store_cluster: Option<String>,
+    /// kubernetes: Services + Pods. istio-files: ServiceEntries + WorkloadEntries
+    /// (no Kubernetes kinds), for istiod --configDir; meshplane serves both.
+    #[arg(long, value_enum, default_value_t)]
+    pub flavor: Flavor,
 }
 
 /// What `gen-mesh` wrote.
@@ -67,7 +72,8 @@ impl GenMeshOutcome {
 
 /// Generate the mesh and write it where `args` says.
 pub async fn gen_mesh(args: GenMeshArgs) -> anyhow::Result<GenMeshOutcome> {
-    let mesh = Mesh::generate(args.params);
+    let mut mesh = Mesh::generate(args.params);
+    mesh.flavor = args.flavor;
     let Some(url) = args.store else {
         mesh.write(&args.out)?;
         // A store.json left from an earlier store mesh would send `run`'s changes there.

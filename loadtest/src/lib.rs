@@ -31,6 +31,7 @@ pub mod facts;
 pub mod genmesh;
 pub mod hpack;
 pub mod intern;
+pub mod istio_files;
 pub mod mesh;
 pub mod metrics;
 pub mod plot;

@@ -13,6 +13,9 @@
 //!  DIR/mesh.json                  the model, so loadtest can rewrite one SERVICE.yaml per change
 //! ```
 //!
+//! With `--flavor istio-files` ([`crate::istio_files`]) each SERVICE.yaml holds
+//! a ServiceEntry and WorkloadEntries instead of the Service and its Pods.
+//!
 //! Each change rewrites a single small file (atomically, via a hidden
 //! temporary file and a rename), so the control plane's directory watch
 //! re-reads one file, not the mesh. The same files can instead be written as
@@ -29,6 +32,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use serde::{Deserialize, Serialize};
 
+use crate::istio_files::Flavor;
 use crate::probe::{ProbeCheck, ProbeSpec};
 
 pub const DOMAIN: &str = "svc.cluster.local";
@@ -181,6 +185,9 @@ pub struct Mesh {
     pub services: Vec<ServiceDef>,
     /// Changes made so far (new IPs are drawn from it).
     pub changes: u64,
+    /// The form services and workloads are written in.
+    #[serde(default)]
+    pub flavor: Flavor,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -265,7 +272,7 @@ impl Mesh {
                 pods,
             });
         }
-        Mesh { params, shared_namespace, namespaces, services, changes: 0 }
+        Mesh { params, shared_namespace, namespaces, services, changes: 0, flavor: Flavor::default() }
     }
 
     pub fn load(dir: &Path) -> anyhow::Result<Mesh> {
@@ -372,6 +379,9 @@ impl Mesh {
     }
 
     fn gateway_yaml(&self) -> String {
+        if self.flavor == Flavor::IstioFiles {
+            return crate::istio_files::gateway_yaml(self);
+        }
         let mut y = String::from(
             "apiVersion: v1\nkind: Service\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\nspec:\n  clusterIP: 10.63.255.1\n  selector: {istio: ingressgateway}\n  ports: [{name: http2, port: 80, targetPort: 8080}]\n",
         );
@@ -386,6 +396,9 @@ impl Mesh {
     }
 
     fn service_yaml(&self, i: usize) -> String {
+        if self.flavor == Flavor::IstioFiles {
+            return crate::istio_files::service_yaml(self, i);
+        }
         let s = &self.services[i];
         let (name, ns) = (&s.name, &s.namespace);
         let mut y = String::new();
@@ -409,6 +422,15 @@ impl Mesh {
                 p.name, p.version, p.ip
             );
         }
+        y.push_str(&self.traffic_yaml(i));
+        y
+    }
+
+    /// The service's DestinationRule and VirtualService (the same in every flavor).
+    pub(crate) fn traffic_yaml(&self, i: usize) -> String {
+        let s = &self.services[i];
+        let (name, ns) = (&s.name, &s.namespace);
+        let mut y = String::new();
         if s.dr {
             let _ = write!(
                 y,

@@ -285,6 +285,8 @@ impl Proxy {
         Stats::add(&ctx.stats.responses, 1);
         Stats::add(&ctx.stats.resources, resp.resources.len() as u64);
         Stats::add(&ctx.stats.removed, resp.removed_resources.len() as u64);
+        let body_bytes = resp.resources.iter().filter_map(|r| r.resource.as_ref()).map(|a| a.value.len()).sum();
+        ctx.stats.response_of(ty, resp.resources.len(), body_bytes);
         let bodies = resp.resources.iter().map(|r| r.resource.as_ref().map(|a| (a.type_url.as_str(), &a.value[..])));
         let checked = self.validate(ty, &resp.type_url, bodies, ctx);
         self.answered |= ty.bit();
@@ -338,6 +340,7 @@ impl Proxy {
         };
         Stats::add(&ctx.stats.responses, 1);
         Stats::add(&ctx.stats.resources, resp.resources.len() as u64);
+        ctx.stats.response_of(ty, resp.resources.len(), resp.resources.iter().map(|a| a.value.len()).sum());
         let bodies = resp.resources.iter().map(|a| Some((a.type_url.as_str(), &a.value[..])));
         let checked = self.validate(ty, &resp.type_url, bodies, ctx);
         self.answered |= ty.bit();

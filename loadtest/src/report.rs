@@ -21,6 +21,10 @@ pub struct Report {
     pub nacks: i64,
     pub reconnects: i64,
     pub totals: Snapshot,
+    /// What was received during the scenario phase only (from the moment
+    /// every proxy was synced to the end): the traffic the changes caused.
+    #[serde(default)]
+    pub scenario_totals: Snapshot,
     pub target: Option<TargetReport>,
     pub loadtest: LoadtestReport,
     pub errors: std::collections::BTreeMap<String, u64>,

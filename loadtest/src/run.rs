@@ -642,7 +642,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let target_synced = coord.target_sample();
     let loadtest_synced = coord.loadtest_sample();
     let connected_at_sync = coord.total().connected;
-    let resources_at_sync = coord.total().resources;
+    let at_sync = coord.total();
+    let resources_at_sync = at_sync.resources;
 
     // Phase 2: the scenario.
     let scenario_started = Instant::now();
@@ -854,6 +855,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         nacks: totals.nacks,
         reconnects: totals.reconnects,
         totals,
+        scenario_totals: at_stop - at_sync,
         target,
         loadtest: LoadtestReport {
             rss_kb_before: loadtest_before.rss_kb,
