@@ -14,6 +14,17 @@ mod up;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc instead of glibc's malloc. A push to thousands of proxies
+/// allocates and frees a lot at once (responses in flight, a rebuild's new
+/// views next to the old ones); glibc kept the freed memory of each burst in
+/// its arenas, so RSS grew by about 40 KB per proxy over the first few
+/// changes (in a 5,000-proxy run 265 MB were free but held, and
+/// `malloc_trim` gave back 175 MB). jemalloc returns freed pages within
+/// seconds: 95 -> 71 KB per proxy at the end of the same run, and less CPU
+/// per push.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "meshplane", version, about = "An Istio-compatible service-mesh control plane")]
 struct Cli {
