@@ -21,7 +21,9 @@ use tracing_subscriber::EnvFilter;
 /// changes (in a 5,000-proxy run 265 MB were free but held, and
 /// `malloc_trim` gave back 175 MB). jemalloc returns freed pages within
 /// seconds: 95 -> 71 KB per proxy at the end of the same run, and less CPU
-/// per push.
+/// per push. Heap profilers that hook malloc (heaptrack, valgrind) see
+/// nothing of it: profile a build with `--no-default-features`.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -12,9 +12,9 @@
 //! state machines diff two views, or a view against what the proxy reported,
 //! and never look inside the bytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use bytes::Bytes;
 use prost::Message;
@@ -106,9 +106,49 @@ impl Resource {
         Self::from_bytes(name, Bytes::from(message.encode_to_vec()))
     }
 
+    /// The resource with these bytes: the one already alive if there is
+    /// one (see [`LIVE`]), else a new one.
     pub fn from_bytes(name: impl Into<Arc<str>>, body: Bytes) -> Arc<Resource> {
-        let version = content_version(&body);
-        Arc::new(Resource { name: name.into(), version: version.into(), body })
+        let hash = xxhash_rust::xxh3::xxh3_128(&body);
+        let name = name.into();
+        let mut live = LIVE.lock().expect("resource table lock poisoned");
+        if let Some(existing) = live.by_hash.get(&hash).and_then(Weak::upgrade)
+            && existing.name == name
+            && existing.body == body
+        {
+            return existing;
+        }
+        let resource = Arc::new(Resource { name, version: format!("{hash:032x}").into(), body });
+        live.insert(hash, &resource);
+        resource
+    }
+}
+
+/// Every resource alive, by the hash of its bytes, so that generating the
+/// same bytes again shares the resource instead of keeping a copy. Proxy
+/// classes of one namespace share their Sidecar, so most of their clusters,
+/// listeners and routes are byte-identical, and a rebuild regenerates
+/// unchanged resources: without this every class kept its own copy of each,
+/// and a rebuild held a second copy of everything next to the first.
+static LIVE: LazyLock<Mutex<LiveResources>> =
+    LazyLock::new(|| Mutex::new(LiveResources { by_hash: HashMap::new(), swept_at: 0 }));
+
+/// Entries below this count are never swept.
+const SWEEP_FLOOR: usize = 4096;
+
+struct LiveResources {
+    by_hash: HashMap<u128, Weak<Resource>>,
+    /// Entries after the last sweep: the next comes when the table doubled.
+    swept_at: usize,
+}
+
+impl LiveResources {
+    fn insert(&mut self, hash: u128, resource: &Arc<Resource>) {
+        if self.by_hash.len() >= (2 * self.swept_at).max(SWEEP_FLOOR) {
+            self.by_hash.retain(|_, r| r.strong_count() > 0);
+            self.swept_at = self.by_hash.len();
+        }
+        self.by_hash.insert(hash, Arc::downgrade(resource));
     }
 }
 
@@ -164,5 +204,26 @@ impl ProxyView {
             let (a, b) = (self.resources(t), other.resources(t));
             a.len() == b.len() && a.iter().zip(b).all(|((na, ra), (nb, rb))| na == nb && ra.version == rb.version)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_bytes_are_one_resource_while_it_is_alive() {
+        let body = || Bytes::from_static(b"resources test: shared by content");
+        let a = Resource::from_bytes("shared", body());
+        let b = Resource::from_bytes("shared", body());
+        assert!(Arc::ptr_eq(&a, &b), "a second generation of the same bytes shares the first");
+        assert_eq!(a.version.as_ref(), content_version(&a.body));
+        let other_name = Resource::from_bytes("other", body());
+        assert!(!Arc::ptr_eq(&a, &other_name), "same bytes under another name is another resource");
+        let gone = Arc::downgrade(&a);
+        drop((a, b, other_name));
+        assert!(gone.upgrade().is_none(), "the table does not keep resources alive");
+        let again = Resource::from_bytes("shared", body());
+        assert_eq!(again.body, body());
     }
 }

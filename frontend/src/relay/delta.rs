@@ -12,11 +12,13 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
+use super::intern::{self, Version};
 use super::rehome::{RehomeReason, Rehomed, Rehoming};
 use super::{RelayError, RelayEvent, TypeKey, node_id, parse_nonce, parse_revision, relay_nonce};
 
@@ -47,9 +49,10 @@ pub struct DeltaRelay {
 #[derive(Debug, Default)]
 struct TypeState {
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// Interned (see the `intern` module), as the names in `acked`.
+    names: BTreeSet<Arc<str>>,
     /// What the proxy has ACKed: name -> version.
-    acked: BTreeMap<String, String>,
+    acked: BTreeMap<Arc<str>, Version>,
     /// Responses relayed and not yet ACKed or NACKed, oldest first.
     pending: VecDeque<Pending>,
     /// A response of this type was relayed in the current epoch.
@@ -61,8 +64,8 @@ struct Pending {
     /// The nonce the proxy saw.
     nonce: String,
     epoch: u64,
-    resources: Vec<(String, String)>,
-    removed: Vec<String>,
+    resources: Vec<(Arc<str>, Version)>,
+    removed: Vec<Arc<str>>,
 }
 
 impl DeltaRelay {
@@ -107,7 +110,7 @@ impl DeltaRelay {
         let mut current_nonce = None;
         if first {
             self.inherited |= !req.initial_resource_versions.is_empty();
-            st.acked = req.initial_resource_versions.clone().into_iter().collect();
+            st.acked = req.initial_resource_versions.iter().map(|(n, v)| (intern::name(n), Version::new(v))).collect();
             st.wildcard = req.resource_names_subscribe.is_empty() && key.wildcard_by_default();
         } else if !req.response_nonce.is_empty() {
             let nack = req.error_detail.as_ref();
@@ -140,14 +143,14 @@ impl DeltaRelay {
             if name == "*" {
                 st.wildcard = true;
             } else {
-                st.names.insert(name.clone());
+                st.names.insert(intern::name(name));
             }
         }
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
                 st.wildcard = false;
             } else {
-                st.names.remove(name);
+                st.names.remove(name.as_str());
             }
         }
         if !st.wildcard {
@@ -187,8 +190,8 @@ impl DeltaRelay {
         st.pending.push_back(Pending {
             nonce: nonce.clone(),
             epoch: self.epoch,
-            resources: resp.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect(),
-            removed: resp.removed_resources.clone(),
+            resources: resp.resources.iter().map(|r| (intern::name(&r.name), Version::new(&r.version))).collect(),
+            removed: resp.removed_resources.iter().map(|n| intern::name(n)).collect(),
         });
         while st.pending.len() > MAX_PENDING {
             st.pending.pop_front();
@@ -215,13 +218,13 @@ impl DeltaRelay {
                 (false, true, true) => unsubscribe.push("*".into()),
                 (false, _, _) => {}
             }
-            subscribe.extend(st.names.iter().cloned());
+            subscribe.extend(st.names.iter().map(|n| n.to_string()));
             replay.push(DeltaDiscoveryRequest {
                 node: replay.is_empty().then(|| self.node.clone()),
                 type_url: key.url().to_string(),
                 resource_names_subscribe: subscribe,
                 resource_names_unsubscribe: unsubscribe,
-                initial_resource_versions: st.acked.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+                initial_resource_versions: st.acked.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
                 ..Default::default()
             });
         }
@@ -290,6 +293,9 @@ impl DeltaRelay {
 
     /// The versions the proxy has ACKed for a type (debug pages, tests).
     pub fn acked(&self, type_url: &str) -> BTreeMap<String, String> {
-        self.types.get(&TypeKey::new(type_url)).map(|st| st.acked.clone()).unwrap_or_default()
+        let Some(st) = self.types.get(&TypeKey::new(type_url)) else {
+            return BTreeMap::new();
+        };
+        st.acked.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
     }
 }

@@ -109,6 +109,7 @@
 use envoy_types::pb::envoy::config::core::v3::Node;
 
 mod delta;
+mod intern;
 mod rehome;
 mod server;
 mod sotw;

@@ -62,6 +62,10 @@ use super::{HistogramSnapshot, RehomeReason, Rehomed};
 use crate::membership::{Membership, ShardEntry};
 
 /// Responses buffered per stream toward the proxy.
+///
+/// Both channels carry boxed messages: a tokio channel allocates its slots
+/// 32 at a time, so a channel of 624-byte requests cost 20 KB per stream
+/// and one of responses 10 KB, for as long as the proxy stays connected.
 const RESPONSE_BUFFER: usize = 8;
 /// Requests buffered per stream toward the shard (a replay is one per type).
 const REQUEST_BUFFER: usize = 16;
@@ -330,7 +334,7 @@ impl RelayServer {
     async fn start<C: RelayCore>(
         &self,
         mut inbound: Streaming<C::Request>,
-    ) -> Result<Response<ReceiverStream<Result<C::Response, Status>>>, Status> {
+    ) -> Result<Response<Unboxed<Result<C::Response, Status>>>, Status> {
         let first =
             inbound.message().await?.ok_or_else(|| Status::cancelled("stream ended before its first request"))?;
         let core = C::new(first).map_err(|e| {
@@ -346,14 +350,14 @@ impl RelayServer {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let stream = RelayStream { shared: self.shared.clone(), id, core, inbound, tx, upstream: None };
         tokio::spawn(stream.run());
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(unboxed(rx)))
     }
 }
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for RelayServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type StreamAggregatedResourcesStream = Unboxed<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = Unboxed<Result<DeltaDiscoveryResponse, Status>>;
 
     async fn stream_aggregated_resources(
         &self,
@@ -372,9 +376,16 @@ impl AggregatedDiscoveryService for RelayServer {
 
 type OpenFuture<R> = Pin<Box<dyn Future<Output = Result<Response<Streaming<R>>, Status>> + Send>>;
 
+/// The messages of a channel of boxed messages (see [`RESPONSE_BUFFER`]).
+type Unboxed<T> = tokio_stream::adapters::Map<ReceiverStream<Box<T>>, fn(Box<T>) -> T>;
+
+fn unboxed<T>(rx: mpsc::Receiver<Box<T>>) -> Unboxed<T> {
+    ReceiverStream::new(rx).map(|message| *message)
+}
+
 /// The upstream call's request: the replay and what follows, and the
 /// revision the shard must reflect before answering it.
-fn upstream_request<T>(requests: ReceiverStream<T>, min_revision: i64) -> Request<ReceiverStream<T>> {
+fn upstream_request<T>(requests: Unboxed<T>, min_revision: i64) -> Request<Unboxed<T>> {
     let mut request = Request::new(requests);
     request.metadata_mut().insert(MIN_REVISION_HEADER, MetadataValue::from(min_revision));
     request
@@ -404,7 +415,7 @@ trait RelayCore: Sized + Send + 'static {
     fn min_revision(&self, frontend_seen: i64) -> i64;
     fn open(
         client: AggregatedDiscoveryServiceClient<Channel>,
-        request: Request<ReceiverStream<Self::Request>>,
+        request: Request<Unboxed<Self::Request>>,
     ) -> OpenFuture<Self::Response>;
 }
 
@@ -459,7 +470,7 @@ impl RelayCore for DeltaRelay {
     }
     fn open(
         mut client: AggregatedDiscoveryServiceClient<Channel>,
-        request: Request<ReceiverStream<Self::Request>>,
+        request: Request<Unboxed<Self::Request>>,
     ) -> OpenFuture<Self::Response> {
         Box::pin(async move { client.delta_aggregated_resources(request).await })
     }
@@ -516,7 +527,7 @@ impl RelayCore for SotwRelay {
     }
     fn open(
         mut client: AggregatedDiscoveryServiceClient<Channel>,
-        request: Request<ReceiverStream<Self::Request>>,
+        request: Request<Unboxed<Self::Request>>,
     ) -> OpenFuture<Self::Response> {
         Box::pin(async move { client.stream_aggregated_resources(request).await })
     }
@@ -525,7 +536,7 @@ impl RelayCore for SotwRelay {
 /// The stream to the current owner.
 struct Upstream<C: RelayCore> {
     shard: ShardEntry,
-    requests: mpsc::Sender<C::Request>,
+    requests: mpsc::Sender<Box<C::Request>>,
     responses: Streaming<C::Response>,
 }
 
@@ -554,7 +565,7 @@ struct RelayStream<C: RelayCore> {
     id: u64,
     core: C,
     inbound: Streaming<C::Request>,
-    tx: mpsc::Sender<Result<C::Response, Status>>,
+    tx: mpsc::Sender<Box<Result<C::Response, Status>>>,
     upstream: Option<Upstream<C>>,
 }
 
@@ -612,7 +623,8 @@ where
                     None => {
                         retry_at = None;
                         if !membership_open {
-                            let _ = self.tx.send(Err(Status::unavailable("the frontend is shutting down"))).await;
+                            let _ =
+                                self.tx.send(Box::new(Err(Status::unavailable("the frontend is shutting down")))).await;
                             break;
                         }
                         tracing::debug!(proxy = %self.core.node_id(), "no shard available; waiting for membership");
@@ -625,7 +637,7 @@ where
                         Err(Lost::Terminal(status)) => {
                             tracing::warn!(proxy = %self.core.node_id(), shard = %owner.record.id,
                                 "shard refused the proxy: {status}");
-                            let _ = self.tx.send(Err(status)).await;
+                            let _ = self.tx.send(Box::new(Err(status))).await;
                             break;
                         }
                         Err(Lost::Retry(why)) => {
@@ -650,7 +662,7 @@ where
                     Some(Ok(req)) => match self.core.on_proxy_request(req) {
                         Ok(Some(forward)) => {
                             if let Some(up) = &self.upstream
-                                && up.requests.send(forward).await.is_err()
+                                && up.requests.send(Box::new(forward)).await.is_err()
                             {
                                 self.upstream_lost(Lost::Retry("upstream request stream closed".into()));
                             }
@@ -658,7 +670,7 @@ where
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(proxy = %self.core.node_id(), "closing ADS stream: {e}");
-                            let _ = self.tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                            let _ = self.tx.send(Box::new(Err(Status::invalid_argument(e.to_string())))).await;
                             break;
                         }
                     },
@@ -675,7 +687,7 @@ where
                         shared.metrics.relayed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                         let resp = self.core.on_upstream_response(resp);
                         shared.revision_seen.fetch_max(self.core.revision(), Ordering::Relaxed);
-                        if self.tx.send(Ok(resp)).await.is_err() {
+                        if self.tx.send(Box::new(Ok(resp))).await.is_err() {
                             break;
                         }
                     }
@@ -683,7 +695,7 @@ where
                     Err(status) => match classify(status) {
                         Lost::Terminal(status) => {
                             tracing::warn!(proxy = %self.core.node_id(), "shard ended the stream: {status}");
-                            let _ = self.tx.send(Err(status)).await;
+                            let _ = self.tx.send(Box::new(Err(status))).await;
                             break;
                         }
                         retry => self.upstream_lost(retry),
@@ -722,12 +734,12 @@ where
         let replay = self.core.connect();
         let (tx, rx) = mpsc::channel(REQUEST_BUFFER.max(replay.len()));
         for req in replay {
-            tx.try_send(req).map_err(|_| Lost::Retry("replay does not fit the request buffer".into()))?;
+            tx.try_send(Box::new(req)).map_err(|_| Lost::Retry("replay does not fit the request buffer".into()))?;
         }
         let client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let call = C::open(client, upstream_request(ReceiverStream::new(rx), min_revision));
+        let call = C::open(client, upstream_request(unboxed(rx), min_revision));
         let result = match tokio::time::timeout(self.shared.config.connect_timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(classify(status)),

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Delt
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 
-use super::{CDS, EDS, LDS, RDS, mesh, s, version, view};
+use super::{CDS, EDS, LDS, RDS, mesh, reallocated, s, version, view};
 use crate::ads::{DeltaResponse, DeltaStream, ProtocolError, StreamEvent};
 use crate::resources::{ProxyView, Resource, ResourceType};
 
@@ -349,30 +349,38 @@ fn reconnect_sends_only_what_differs() {
 fn a_stream_keeps_no_copies_of_what_the_view_has() {
     // Names from requests and versions a reconnecting proxy reports are the
     // view's own allocations once resolved: a stream's state is pointers.
-    let view = mesh(1).build();
+    // (Bodies no other test uses: resources are shared by content.)
+    let view = view(1)
+        .with(CDS, "c1", "no copies: cluster one")
+        .with(CDS, "c2", "no copies: cluster two")
+        .with(EDS, "c1", "no copies: endpoints one")
+        .build();
     let (eds_name, eds) = view.endpoints.get_key_value("c1").map(|(n, r)| (n.clone(), r.clone())).unwrap();
     let cluster = view.clusters["c1"].clone();
     let (name_refs, eds_refs, cluster_refs) =
         (Arc::strong_count(&eds_name), Arc::strong_count(&eds), Arc::strong_count(&cluster));
     let mut p = Proxy::new(view);
-    let cds = p.send(req(CDS).initial(&[("c1", &version("cluster one")), ("c2", &version("cluster two"))]));
+    let initial = [("c1", version("no copies: cluster one")), ("c2", version("no copies: cluster two"))];
+    let cds = p.send(req(CDS).initial(&initial.iter().map(|(n, v)| (*n, v.as_str())).collect::<Vec<_>>()));
     assert!(cds.iter().all(|r| r.resources.is_empty()), "the proxy holds every cluster already");
     assert_eq!(Arc::strong_count(&cluster), cluster_refs + 1, "held c1 is the view's resource, not a copy");
-    p.send(req(EDS).sub(&["c1", "c2"]).initial(&[("c1", &version("endpoints one"))]));
+    p.send(req(EDS).sub(&["c1", "c2"]).initial(&[("c1", &version("no copies: endpoints one"))]));
     assert!(Arc::strong_count(&eds_name) > name_refs, "the subscribed name c1 is the view's Arc");
     assert!(Arc::strong_count(&eds) > eds_refs, "held c1 endpoints are the view's resource");
 }
 
 #[test]
 fn a_rebuild_with_unchanged_content_releases_the_previous_allocations() {
-    let v1 = mesh(1).build();
+    // Bodies no other test uses: resources are shared by content.
+    let v1 = view(1).with(CDS, "c1", "delta rebuild: one").with(CDS, "c2", "delta rebuild: two").build();
+    let v2 = reallocated(&v1);
     let previous = Arc::downgrade(&v1.clusters["c1"]);
     let mut p = Proxy::new(v1);
     let cds = p.send_one(req(CDS));
     assert!(p.send(req(CDS).ack(&cds.nonce)).is_empty());
-    // Same content, allocated anew (as a rebuild does): nothing to send, and
-    // the stream lets go of the previous allocation.
-    assert!(p.push(mesh(2).build()).is_empty());
+    // Same content, allocated anew: nothing to send, and the stream lets go
+    // of the previous allocation.
+    assert!(p.push(v2).is_empty());
     assert!(previous.upgrade().is_none(), "the stream keeps a superseded c1 alive");
 }
 

@@ -36,6 +36,19 @@ impl ViewBuilder {
     }
 }
 
+/// The same content in new allocations, bypassing `Resource::from_bytes`
+/// (which would hand back the live ones): what a rebuild looked like before
+/// resources were shared by content, and still the worst case.
+fn reallocated(view: &ProxyView) -> Arc<ProxyView> {
+    let mut copy = ProxyView { revision: view.revision + 1, ..Default::default() };
+    for ty in ResourceType::ALL {
+        for r in view.resources(ty).values() {
+            copy.insert(ty, Arc::new((**r).clone()));
+        }
+    }
+    Arc::new(copy)
+}
+
 /// A mesh with two clusters (with endpoints), one listener and one route.
 fn mesh(revision: i64) -> ViewBuilder {
     view(revision)

@@ -6,7 +6,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 
-use super::{CDS, EDS, LDS, RDS, mesh, s, view};
+use super::{CDS, EDS, LDS, RDS, mesh, reallocated, s, view};
 use crate::ads::{ProtocolError, SotwResponse, SotwStream, StreamEvent};
 use crate::resources::{ProxyView, ResourceType};
 
@@ -137,12 +137,14 @@ fn subscribed_names_are_the_views_own() {
 
 #[test]
 fn a_rebuild_with_unchanged_content_releases_the_previous_allocations() {
-    let v1 = mesh(1).build();
+    // Bodies no other test uses: resources are shared by content.
+    let v1 = view(1).with(CDS, "c1", "sotw rebuild: one").with(CDS, "c2", "sotw rebuild: two").build();
+    let v2 = reallocated(&v1);
     let previous = Arc::downgrade(&v1.clusters["c1"]);
     let mut c = Client::new(v1);
     let cds = c.send_one(req(CDS, &[]));
     assert!(c.send(req(CDS, &[]).ack(&cds)).is_empty());
-    assert!(c.push(mesh(2).build()).is_empty());
+    assert!(c.push(v2).is_empty());
     assert!(previous.upgrade().is_none(), "the stream keeps a superseded c1 alive");
 }
 
