@@ -34,13 +34,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -52,9 +49,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
+
+use meshplane_grpc::MessageReader;
+use tonic::codegen::Service;
 
 use super::rehome::RehomeStats;
 use super::{DeltaRelay, MIN_REVISION_HEADER, RelayError, RelayEvent, SotwRelay};
@@ -374,8 +373,6 @@ impl AggregatedDiscoveryService for RelayServer {
     }
 }
 
-type OpenFuture<R> = Pin<Box<dyn Future<Output = Result<Response<Streaming<R>>, Status>> + Send>>;
-
 /// The messages of a channel of boxed messages (see [`RESPONSE_BUFFER`]).
 type Unboxed<T> = tokio_stream::adapters::Map<ReceiverStream<Box<T>>, fn(Box<T>) -> T>;
 
@@ -383,19 +380,50 @@ fn unboxed<T>(rx: mpsc::Receiver<Box<T>>) -> Unboxed<T> {
     ReceiverStream::new(rx).map(|message| *message)
 }
 
-/// The upstream call's request: the replay and what follows, and the
-/// revision the shard must reflect before answering it.
-fn upstream_request<T>(requests: Unboxed<T>, min_revision: i64) -> Request<Unboxed<T>> {
-    let mut request = Request::new(requests);
-    request.metadata_mut().insert(MIN_REVISION_HEADER, MetadataValue::from(min_revision));
-    request
+/// Open the upstream stream: the replay and what follows as the request
+/// body, the revision the shard must reflect before answering it as
+/// metadata. Written out instead of tonic's generated client, whose decoder
+/// keeps a buffer as large as the largest response for the life of the
+/// stream (130 KB per relayed proxy on the standard mesh): the
+/// [`MessageReader`] holds bytes only while a response is incomplete.
+async fn call_upstream<C: RelayCore>(
+    mut channel: Channel,
+    requests: Unboxed<C::Request>,
+    min_revision: i64,
+) -> Result<MessageReader<C::Response>, Status> {
+    let frames = requests.map(|request| Ok::<_, Status>(http_body::Frame::data(meshplane_grpc::frame(&request))));
+    let request = http::Request::post(C::PATH)
+        .header(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE)
+        .header(http::header::TE, "trailers")
+        .header(MIN_REVISION_HEADER, min_revision)
+        .body(tonic::body::Body::new(http_body_util::StreamBody::new(frames)))
+        .map_err(|e| Status::internal(format!("cannot build the upstream request: {e}")))?;
+    std::future::poll_fn(|cx| Service::poll_ready(&mut channel, cx))
+        .await
+        .map_err(|e| Status::unavailable(format!("the shard connection is not ready: {e}")))?;
+    let response = Service::call(&mut channel, request)
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot open a stream to the shard: {e}")))?;
+    // A trailers-only response (the shard refused the stream) carries its
+    // status in the headers.
+    if let Some(status) = Status::from_header_map(response.headers())
+        && status.code() != Code::Ok
+    {
+        return Err(status);
+    }
+    if response.status() != http::StatusCode::OK {
+        return Err(Status::unavailable(format!("the shard answered HTTP {}", response.status())));
+    }
+    Ok(MessageReader::new(response.into_body(), MAX_MESSAGE_BYTES, "response"))
 }
 
 /// What the stream loop needs from a relay core.
 trait RelayCore: Sized + Send + 'static {
-    type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Request: prost::Message + Send + 'static;
+    type Response: prost::Message + Default + Send + 'static;
     const NAME: &'static str;
+    /// The gRPC method the upstream stream calls.
+    const PATH: &'static str;
     fn new(first: Self::Request) -> Result<Self, RelayError>;
     fn node_id(&self) -> &str;
     fn epoch(&self) -> u64;
@@ -413,16 +441,13 @@ trait RelayCore: Sized + Send + 'static {
     /// The highest store revision the proxy has been sent (0: unknown).
     fn revision(&self) -> i64;
     fn min_revision(&self, frontend_seen: i64) -> i64;
-    fn open(
-        client: AggregatedDiscoveryServiceClient<Channel>,
-        request: Request<Unboxed<Self::Request>>,
-    ) -> OpenFuture<Self::Response>;
 }
 
 impl RelayCore for DeltaRelay {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaDiscoveryResponse;
     const NAME: &'static str = "delta";
+    const PATH: &'static str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
     fn new(first: Self::Request) -> Result<Self, RelayError> {
         DeltaRelay::new(first)
     }
@@ -468,18 +493,13 @@ impl RelayCore for DeltaRelay {
     fn min_revision(&self, frontend_seen: i64) -> i64 {
         DeltaRelay::min_revision(self, frontend_seen)
     }
-    fn open(
-        mut client: AggregatedDiscoveryServiceClient<Channel>,
-        request: Request<Unboxed<Self::Request>>,
-    ) -> OpenFuture<Self::Response> {
-        Box::pin(async move { client.delta_aggregated_resources(request).await })
-    }
 }
 
 impl RelayCore for SotwRelay {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
     const NAME: &'static str = "sotw";
+    const PATH: &'static str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
     fn new(first: Self::Request) -> Result<Self, RelayError> {
         SotwRelay::new(first)
     }
@@ -525,19 +545,13 @@ impl RelayCore for SotwRelay {
     fn min_revision(&self, frontend_seen: i64) -> i64 {
         SotwRelay::min_revision(self, frontend_seen)
     }
-    fn open(
-        mut client: AggregatedDiscoveryServiceClient<Channel>,
-        request: Request<Unboxed<Self::Request>>,
-    ) -> OpenFuture<Self::Response> {
-        Box::pin(async move { client.stream_aggregated_resources(request).await })
-    }
 }
 
 /// The stream to the current owner.
 struct Upstream<C: RelayCore> {
     shard: ShardEntry,
     requests: mpsc::Sender<Box<C::Request>>,
-    responses: Streaming<C::Response>,
+    responses: MessageReader<C::Response>,
 }
 
 /// Why the upstream stream is no more.
@@ -583,7 +597,6 @@ impl Drop for StreamGuard {
 impl<C: RelayCore> RelayStream<C>
 where
     Streaming<C::Request>: tokio_stream::Stream<Item = Result<C::Request, Status>> + Unpin,
-    Streaming<C::Response>: tokio_stream::Stream<Item = Result<C::Response, Status>> + Unpin,
 {
     async fn run(mut self) {
         let shared = self.shared.clone();
@@ -736,12 +749,9 @@ where
         for req in replay {
             tx.try_send(Box::new(req)).map_err(|_| Lost::Retry("replay does not fit the request buffer".into()))?;
         }
-        let client = AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let call = C::open(client, upstream_request(unboxed(rx), min_revision));
+        let call = call_upstream::<C>(channel, unboxed(rx), min_revision);
         let result = match tokio::time::timeout(self.shared.config.connect_timeout, call).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Ok(responses)) => Ok(responses),
             Ok(Err(status)) => Err(classify(status)),
             Err(_) => {
                 Err(Lost::Retry(format!("no answer within {:?} (connect_timeout)", self.shared.config.connect_timeout)))
@@ -807,12 +817,9 @@ where
     }
 }
 
-async fn next_response<C: RelayCore>(upstream: &mut Option<Upstream<C>>) -> Result<Option<C::Response>, Status>
-where
-    Streaming<C::Response>: tokio_stream::Stream<Item = Result<C::Response, Status>> + Unpin,
-{
+async fn next_response<C: RelayCore>(upstream: &mut Option<Upstream<C>>) -> Result<Option<C::Response>, Status> {
     match upstream {
-        Some(up) => up.responses.next().await.transpose(),
+        Some(up) => up.responses.message().await,
         None => std::future::pending().await,
     }
 }

@@ -22,11 +22,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::CONTENT_TYPE;
-use http_body::{Body as _, Frame};
-use prost::Message;
+use http_body::Frame;
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
@@ -41,9 +40,6 @@ const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/
 /// The largest request accepted, as tonic's default: a reconnecting proxy's
 /// first request lists every resource it holds (about 100 bytes each).
 const MAX_REQUEST_BYTES: usize = 4 << 20;
-
-/// gRPC's message prefix: compressed flag and big-endian length.
-const GRPC_PREFIX: usize = 5;
 
 /// The ADS gRPC service (Delta and State-of-the-World), for
 /// `tonic::transport::Server::add_service`. Made by [`AdsServer::into_service`].
@@ -99,90 +95,15 @@ async fn serve<P: super::server::Protocol>(
         )));
     }
     let (parts, body) = request.into_parts();
-    let responses = server.start::<P>(&parts.headers, Requests::new(body)).await?;
+    let requests = Requests::new(body, MAX_REQUEST_BYTES, "request");
+    let responses = server.start::<P>(&parts.headers, requests).await?;
     let mut response = http::Response::new(Body::new(responses));
     response.headers_mut().insert(CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
     Ok(response)
 }
 
 /// The proxy's requests: gRPC messages decoded from the request body.
-pub(super) struct Requests<M> {
-    body: Body,
-    /// An incomplete message (or several); empty, and unallocated, between
-    /// messages.
-    buf: BytesMut,
-    ended: bool,
-    _message: std::marker::PhantomData<fn() -> M>,
-}
-
-impl<M: Message + Default> Requests<M> {
-    pub(super) fn new(body: Body) -> Self {
-        Self { body, buf: BytesMut::new(), ended: false, _message: std::marker::PhantomData }
-    }
-
-    /// The next request; `None` once the proxy has closed its side. Cancel
-    /// safe: what was read stays buffered for the next call.
-    pub(super) async fn message(&mut self) -> Result<Option<M>, Status> {
-        std::future::poll_fn(|cx| self.poll_message(cx)).await
-    }
-
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<M>, Status>> {
-        loop {
-            if let Some(message) = decode_frame(&mut self.buf)? {
-                if self.buf.is_empty() {
-                    // Give the memory back: most requests are small, and a
-                    // reconnect's first one is large and never repeated.
-                    self.buf = BytesMut::new();
-                }
-                return Poll::Ready(Ok(Some(message)));
-            }
-            if self.ended {
-                return Poll::Ready(if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(Status::internal("the request stream ended in the middle of a message"))
-                });
-            }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(status)) => return Poll::Ready(Err(status)),
-                None => self.ended = true,
-            }
-        }
-    }
-}
-
-/// Take one complete gRPC message off the front of `buf`, if there is one.
-fn decode_frame<M: Message + Default>(buf: &mut BytesMut) -> Result<Option<M>, Status> {
-    if buf.len() < GRPC_PREFIX {
-        return Ok(None);
-    }
-    let compressed = buf[0];
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if compressed != 0 {
-        return Err(Status::unimplemented(
-            "a request message is compressed, which this server does not accept; \
-             turn off gRPC compression for the xDS stream",
-        ));
-    }
-    if len > MAX_REQUEST_BYTES {
-        return Err(Status::out_of_range(format!(
-            "a request message of {len} bytes is over the limit of {MAX_REQUEST_BYTES} bytes"
-        )));
-    }
-    if buf.len() < GRPC_PREFIX + len {
-        buf.reserve(GRPC_PREFIX + len - buf.len());
-        return Ok(None);
-    }
-    let message = M::decode(&buf[GRPC_PREFIX..GRPC_PREFIX + len])
-        .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))?;
-    buf.advance(GRPC_PREFIX + len);
-    Ok(Some(message))
-}
+pub(super) type Requests<M> = meshplane_grpc::MessageReader<M>;
 
 /// What a stream's task sends its response body.
 #[derive(Debug)]
