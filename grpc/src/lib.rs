@@ -13,22 +13,28 @@
 //!  http body ──data frames──▶ MessageReader: buffer only a partial message ──▶ prost message
 //!            ──trailers──────▶ grpc-status (a response's end)
 //!  prost message ──frame()──▶ one Bytes (prefix + message), dropped once written
+//!  StreamingService<M>: POST /SERVICE/METHOD ─▶ M::start(path, headers, MessageReader) ─▶ ResponseBody
+//!  ResponseBody ◀── mpsc<Outbound>: each EncodedMessage's chunks as data, then grpc-status trailers
 //! ```
 //!
-//! Used by the shard's ADS server (requests) and the frontend's upstream
-//! client (responses). Knows HTTP bodies, prost and `tonic::Status`; nothing
-//! of xDS.
+//! Used by the shard's ADS server and the frontend (its server toward the
+//! proxies, and its upstream client). Knows HTTP bodies, prost, tonic's
+//! server and `tonic::Status`; nothing of xDS.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::HeaderMap;
-use http_body::Body as _;
+use http::header::CONTENT_TYPE;
+use http_body::{Body as _, Frame};
 use prost::Message;
+use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
@@ -148,6 +154,161 @@ pub fn frame(message: &impl Message) -> Bytes {
     out.put_u32(u32::try_from(len).expect("a gRPC message over 4 GiB"));
     message.encode(&mut out).expect("the buffer has the message's encoded length");
     out.freeze()
+}
+
+/// One gRPC message, ready for the wire: its chunks, in order (the prefix
+/// included).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EncodedMessage {
+    pub chunks: Vec<Bytes>,
+}
+
+impl EncodedMessage {
+    /// A message in one chunk.
+    pub fn of(message: &impl Message) -> Self {
+        EncodedMessage { chunks: vec![frame(message)] }
+    }
+
+    /// The total length, prefix included.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// All chunks in one buffer (tests, and callers that need contiguous bytes).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.len());
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        out.freeze()
+    }
+}
+
+/// What a stream's task sends its [`ResponseBody`].
+#[derive(Debug)]
+pub enum Outbound {
+    Message(EncodedMessage),
+    /// End the stream with this status (boxed: it is large, and every
+    /// channel slot would be as large as it).
+    Close(Box<Status>),
+}
+
+/// A streaming response body: each message's chunks as data frames, then
+/// the trailers: the status the stream was closed with, or OK when the
+/// sender went away without one. Holds nothing but the channel between
+/// messages.
+pub struct ResponseBody {
+    rx: mpsc::Receiver<Outbound>,
+    chunks: std::vec::IntoIter<Bytes>,
+    ended: bool,
+}
+
+impl ResponseBody {
+    pub fn new(rx: mpsc::Receiver<Outbound>) -> Self {
+        Self { rx, chunks: Vec::new().into_iter(), ended: false }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        loop {
+            if let Some(chunk) = self.chunks.next() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let status = match ready!(self.rx.poll_recv(cx)) {
+                Some(Outbound::Message(message)) => {
+                    self.chunks = message.chunks.into_iter();
+                    continue;
+                }
+                Some(Outbound::Close(status)) => *status,
+                None => Status::ok(""),
+            };
+            self.ended = true;
+            let mut trailers = HeaderMap::new();
+            // Only a message that is not a valid header value fails; say so
+            // instead of dropping the status.
+            if let Err(invalid) = status.add_header(&mut trailers) {
+                invalid.add_header(&mut trailers).ok();
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.chunks.len() == 0
+    }
+}
+
+/// The future a [`StreamingMethods::start`] returns.
+pub type Started = Pin<Box<dyn Future<Output = Result<ResponseBody, Status>> + Send>>;
+
+/// The bidirectional streaming methods of one gRPC service, served by
+/// [`StreamingService`] instead of tonic's generated server and codec.
+pub trait StreamingMethods: Clone + Send + Sync + 'static {
+    /// The service, as gRPC names it (`package.Service`).
+    const SERVICE: &'static str;
+    /// Start the stream of method `path` (`/package.Service/Method`) on this
+    /// request body; `None` if the service has no such method. The
+    /// response headers go out when the future is ready; an error is a
+    /// trailers-only response.
+    fn start(&self, path: &str, headers: &HeaderMap, body: Body) -> Option<Started>;
+}
+
+/// A [`StreamingMethods`] as a service for `tonic::transport::Server::add_service`
+/// (routing, HTTP/2 and timeouts stay tonic's).
+#[derive(Clone, Debug)]
+pub struct StreamingService<M>(pub M);
+
+impl<M: StreamingMethods> tonic::server::NamedService for StreamingService<M> {
+    const NAME: &'static str = M::SERVICE;
+}
+
+impl<M: StreamingMethods> tonic::codegen::Service<http::Request<Body>> for StreamingService<M> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let (parts, body) = request.into_parts();
+        let compressed = parts.headers.get("grpc-encoding").filter(|e| e.as_bytes() != b"identity").cloned();
+        let started = match compressed {
+            Some(encoding) => Err(Status::unimplemented(format!(
+                "request messages are compressed with {encoding:?}, which this server does not accept; \
+                 turn off gRPC compression for the stream"
+            ))),
+            None => self.0.start(parts.uri.path(), &parts.headers, body).ok_or_else(|| {
+                Status::unimplemented(format!("{} is not a method of {}", parts.uri.path(), M::SERVICE))
+            }),
+        };
+        Box::pin(async move {
+            let response = match started {
+                Ok(started) => started.await,
+                Err(status) => Err(status),
+            };
+            Ok(match response {
+                Ok(body) => {
+                    let mut response = http::Response::new(Body::new(body));
+                    response.headers_mut().insert(CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
+                    response
+                }
+                Err(status) => status.into_http(),
+            })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! The async edge of the relay: the tonic ADS service the proxies connect
-//! to, one task per relayed stream, and one HTTP/2 connection per shard.
+//! The async edge of the relay: the ADS service the proxies connect to
+//! (`meshplane_grpc::StreamingService`, on tonic's server), one task per
+//! relayed stream, and one HTTP/2 connection per shard, on which each
+//! upstream stream is opened by hand (`call_upstream`).
 //!
 //! ```text
 //!  proxy ──▶ RelayServer::start: first request ─▶ DeltaRelay | SotwRelay ─▶ spawn run_stream
@@ -38,9 +40,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -50,9 +49,11 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Status};
 
-use meshplane_grpc::MessageReader;
+use meshplane_grpc::{
+    EncodedMessage, MessageReader, Outbound, ResponseBody, Started, StreamingMethods, StreamingService,
+};
 use tonic::codegen::Service;
 
 use super::rehome::RehomeStats;
@@ -60,11 +61,12 @@ use super::{DeltaRelay, MIN_REVISION_HEADER, RelayError, RelayEvent, SotwRelay};
 use super::{HistogramSnapshot, RehomeReason, Rehomed};
 use crate::membership::{Membership, ShardEntry};
 
-/// Responses buffered per stream toward the proxy.
+/// Responses buffered per stream toward the proxy (encoded, a few words
+/// each).
 ///
-/// Both channels carry boxed messages: a tokio channel allocates its slots
-/// 32 at a time, so a channel of 624-byte requests cost 20 KB per stream
-/// and one of responses 10 KB, for as long as the proxy stays connected.
+/// The request channel toward the shard carries boxed messages: a tokio
+/// channel allocates its slots 32 at a time, so a channel of 624-byte
+/// requests cost 20 KB per stream for as long as the proxy stays connected.
 const RESPONSE_BUFFER: usize = 8;
 /// Requests buffered per stream toward the shard (a replay is one per type).
 const REQUEST_BUFFER: usize = 16;
@@ -324,16 +326,17 @@ impl RelayServer {
         self.shared.streams.lock().expect("streams lock poisoned").values().cloned().collect()
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    /// The ADS service toward the proxies, for
+    /// `tonic::transport::Server::add_service`. Served by
+    /// `meshplane_grpc::StreamingService` instead of tonic's generated
+    /// server, whose codec kept per stream a buffer as large as the largest
+    /// response (64 KB per relayed proxy on the standard mesh) and one as
+    /// large as the largest request.
+    pub fn into_service(self) -> StreamingService<Self> {
+        StreamingService(self)
     }
 
-    async fn start<C: RelayCore>(
-        &self,
-        mut inbound: Streaming<C::Request>,
-    ) -> Result<Response<Unboxed<Result<C::Response, Status>>>, Status> {
+    async fn start<C: RelayCore>(&self, mut inbound: MessageReader<C::Request>) -> Result<ResponseBody, Status> {
         let first =
             inbound.message().await?.ok_or_else(|| Status::cancelled("stream ended before its first request"))?;
         let core = C::new(first).map_err(|e| {
@@ -349,27 +352,24 @@ impl RelayServer {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let stream = RelayStream { shared: self.shared.clone(), id, core, inbound, tx, upstream: None };
         tokio::spawn(stream.run());
-        Ok(Response::new(unboxed(rx)))
+        Ok(ResponseBody::new(rx))
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for RelayServer {
-    type StreamAggregatedResourcesStream = Unboxed<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = Unboxed<Result<DeltaDiscoveryResponse, Status>>;
+impl StreamingMethods for RelayServer {
+    const SERVICE: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.start::<SotwRelay>(request.into_inner()).await
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.start::<DeltaRelay>(request.into_inner()).await
+    fn start(&self, path: &str, _headers: &http::HeaderMap, body: tonic::body::Body) -> Option<Started> {
+        let server = self.clone();
+        match path {
+            <DeltaRelay as RelayCore>::PATH => Some(Box::pin(async move {
+                server.start::<DeltaRelay>(MessageReader::new(body, MAX_MESSAGE_BYTES, "request")).await
+            })),
+            <SotwRelay as RelayCore>::PATH => Some(Box::pin(async move {
+                server.start::<SotwRelay>(MessageReader::new(body, MAX_MESSAGE_BYTES, "request")).await
+            })),
+            _ => None,
+        }
     }
 }
 
@@ -419,7 +419,7 @@ async fn call_upstream<C: RelayCore>(
 
 /// What the stream loop needs from a relay core.
 trait RelayCore: Sized + Send + 'static {
-    type Request: prost::Message + Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
     type Response: prost::Message + Default + Send + 'static;
     const NAME: &'static str;
     /// The gRPC method the upstream stream calls.
@@ -578,8 +578,8 @@ struct RelayStream<C: RelayCore> {
     shared: Arc<Shared>,
     id: u64,
     core: C,
-    inbound: Streaming<C::Request>,
-    tx: mpsc::Sender<Box<Result<C::Response, Status>>>,
+    inbound: MessageReader<C::Request>,
+    tx: mpsc::Sender<Outbound>,
     upstream: Option<Upstream<C>>,
 }
 
@@ -594,10 +594,7 @@ impl Drop for StreamGuard {
     }
 }
 
-impl<C: RelayCore> RelayStream<C>
-where
-    Streaming<C::Request>: tokio_stream::Stream<Item = Result<C::Request, Status>> + Unpin,
-{
+impl<C: RelayCore> RelayStream<C> {
     async fn run(mut self) {
         let shared = self.shared.clone();
         shared.metrics.streams.fetch_add(1, Ordering::Relaxed);
@@ -636,8 +633,10 @@ where
                     None => {
                         retry_at = None;
                         if !membership_open {
-                            let _ =
-                                self.tx.send(Box::new(Err(Status::unavailable("the frontend is shutting down")))).await;
+                            let _ = self
+                                .tx
+                                .send(Outbound::Close(Box::new(Status::unavailable("the frontend is shutting down"))))
+                                .await;
                             break;
                         }
                         tracing::debug!(proxy = %self.core.node_id(), "no shard available; waiting for membership");
@@ -650,7 +649,7 @@ where
                         Err(Lost::Terminal(status)) => {
                             tracing::warn!(proxy = %self.core.node_id(), shard = %owner.record.id,
                                 "shard refused the proxy: {status}");
-                            let _ = self.tx.send(Box::new(Err(status))).await;
+                            let _ = self.tx.send(Outbound::Close(Box::new(status))).await;
                             break;
                         }
                         Err(Lost::Retry(why)) => {
@@ -671,8 +670,8 @@ where
                 (a, b) => a.or(b),
             };
             tokio::select! {
-                msg = self.inbound.next() => match msg {
-                    Some(Ok(req)) => match self.core.on_proxy_request(req) {
+                msg = self.inbound.message() => match msg {
+                    Ok(Some(req)) => match self.core.on_proxy_request(req) {
                         Ok(Some(forward)) => {
                             if let Some(up) = &self.upstream
                                 && up.requests.send(Box::new(forward)).await.is_err()
@@ -683,15 +682,15 @@ where
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(proxy = %self.core.node_id(), "closing ADS stream: {e}");
-                            let _ = self.tx.send(Box::new(Err(Status::invalid_argument(e.to_string())))).await;
+                            let _ = self.tx.send(Outbound::Close(Box::new(Status::invalid_argument(e.to_string())))).await;
                             break;
                         }
                     },
-                    Some(Err(status)) => {
+                    Err(status) => {
                         tracing::debug!(proxy = %self.core.node_id(), "proxy stream error: {status}");
                         break;
                     }
-                    None => break,
+                    Ok(None) => break,
                 },
                 resp = next_response(&mut self.upstream) => match resp {
                     Ok(Some(resp)) => {
@@ -700,7 +699,7 @@ where
                         shared.metrics.relayed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                         let resp = self.core.on_upstream_response(resp);
                         shared.revision_seen.fetch_max(self.core.revision(), Ordering::Relaxed);
-                        if self.tx.send(Box::new(Ok(resp))).await.is_err() {
+                        if self.tx.send(Outbound::Message(EncodedMessage::of(&resp))).await.is_err() {
                             break;
                         }
                     }
@@ -708,7 +707,7 @@ where
                     Err(status) => match classify(status) {
                         Lost::Terminal(status) => {
                             tracing::warn!(proxy = %self.core.node_id(), "shard ended the stream: {status}");
-                            let _ = self.tx.send(Box::new(Err(status))).await;
+                            let _ = self.tx.send(Outbound::Close(Box::new(status))).await;
                             break;
                         }
                         retry => self.upstream_lost(retry),

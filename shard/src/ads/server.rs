@@ -135,7 +135,7 @@ impl AdsServer {
 
     /// The gRPC service, for `tonic::transport::Server::add_service`.
     pub fn into_service(self) -> AdsService {
-        AdsService::new(self)
+        meshplane_grpc::StreamingService(self)
     }
 
     /// Read the first request, subscribe the proxy, and spawn its stream;
