@@ -1,5 +1,7 @@
-//! The async edge of the relay: the tonic ADS service the proxies connect
-//! to, one task per relayed stream, and one HTTP/2 connection per shard.
+//! The async edge of the relay: the ADS service the proxies connect to
+//! (`meshplane_grpc::StreamingService`, on tonic's server), one task per
+//! relayed stream, and one HTTP/2 connection per shard, on which each
+//! upstream stream is opened by hand (`call_upstream`).
 //!
 //! ```text
 //!  proxy ──▶ RelayServer::start: first request ─▶ DeltaRelay | SotwRelay ─▶ spawn run_stream
@@ -34,16 +36,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -52,20 +48,25 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Status};
+
+use meshplane_grpc::{
+    EncodedMessage, MessageReader, Outbound, ResponseBody, Started, StreamingMethods, StreamingService,
+};
+use tonic::codegen::Service;
 
 use super::rehome::RehomeStats;
 use super::{DeltaRelay, MIN_REVISION_HEADER, RelayError, RelayEvent, SotwRelay};
 use super::{HistogramSnapshot, RehomeReason, Rehomed};
 use crate::membership::{Membership, ShardEntry};
 
-/// Responses buffered per stream toward the proxy.
+/// Responses buffered per stream toward the proxy (encoded, a few words
+/// each).
 ///
-/// Both channels carry boxed messages: a tokio channel allocates its slots
-/// 32 at a time, so a channel of 624-byte requests cost 20 KB per stream
-/// and one of responses 10 KB, for as long as the proxy stays connected.
+/// The request channel toward the shard carries boxed messages: a tokio
+/// channel allocates its slots 32 at a time, so a channel of 624-byte
+/// requests cost 20 KB per stream for as long as the proxy stays connected.
 const RESPONSE_BUFFER: usize = 8;
 /// Requests buffered per stream toward the shard (a replay is one per type).
 const REQUEST_BUFFER: usize = 16;
@@ -325,16 +326,17 @@ impl RelayServer {
         self.shared.streams.lock().expect("streams lock poisoned").values().cloned().collect()
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    /// The ADS service toward the proxies, for
+    /// `tonic::transport::Server::add_service`. Served by
+    /// `meshplane_grpc::StreamingService` instead of tonic's generated
+    /// server, whose codec kept per stream a buffer as large as the largest
+    /// response (64 KB per relayed proxy on the standard mesh) and one as
+    /// large as the largest request.
+    pub fn into_service(self) -> StreamingService<Self> {
+        StreamingService(self)
     }
 
-    async fn start<C: RelayCore>(
-        &self,
-        mut inbound: Streaming<C::Request>,
-    ) -> Result<Response<Unboxed<Result<C::Response, Status>>>, Status> {
+    async fn start<C: RelayCore>(&self, mut inbound: MessageReader<C::Request>) -> Result<ResponseBody, Status> {
         let first =
             inbound.message().await?.ok_or_else(|| Status::cancelled("stream ended before its first request"))?;
         let core = C::new(first).map_err(|e| {
@@ -350,31 +352,26 @@ impl RelayServer {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let stream = RelayStream { shared: self.shared.clone(), id, core, inbound, tx, upstream: None };
         tokio::spawn(stream.run());
-        Ok(Response::new(unboxed(rx)))
+        Ok(ResponseBody::new(rx))
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for RelayServer {
-    type StreamAggregatedResourcesStream = Unboxed<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = Unboxed<Result<DeltaDiscoveryResponse, Status>>;
+impl StreamingMethods for RelayServer {
+    const SERVICE: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.start::<SotwRelay>(request.into_inner()).await
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.start::<DeltaRelay>(request.into_inner()).await
+    fn start(&self, path: &str, _headers: &http::HeaderMap, body: tonic::body::Body) -> Option<Started> {
+        let server = self.clone();
+        match path {
+            <DeltaRelay as RelayCore>::PATH => Some(Box::pin(async move {
+                server.start::<DeltaRelay>(MessageReader::new(body, MAX_MESSAGE_BYTES, "request")).await
+            })),
+            <SotwRelay as RelayCore>::PATH => Some(Box::pin(async move {
+                server.start::<SotwRelay>(MessageReader::new(body, MAX_MESSAGE_BYTES, "request")).await
+            })),
+            _ => None,
+        }
     }
 }
-
-type OpenFuture<R> = Pin<Box<dyn Future<Output = Result<Response<Streaming<R>>, Status>> + Send>>;
 
 /// The messages of a channel of boxed messages (see [`RESPONSE_BUFFER`]).
 type Unboxed<T> = tokio_stream::adapters::Map<ReceiverStream<Box<T>>, fn(Box<T>) -> T>;
@@ -383,19 +380,50 @@ fn unboxed<T>(rx: mpsc::Receiver<Box<T>>) -> Unboxed<T> {
     ReceiverStream::new(rx).map(|message| *message)
 }
 
-/// The upstream call's request: the replay and what follows, and the
-/// revision the shard must reflect before answering it.
-fn upstream_request<T>(requests: Unboxed<T>, min_revision: i64) -> Request<Unboxed<T>> {
-    let mut request = Request::new(requests);
-    request.metadata_mut().insert(MIN_REVISION_HEADER, MetadataValue::from(min_revision));
-    request
+/// Open the upstream stream: the replay and what follows as the request
+/// body, the revision the shard must reflect before answering it as
+/// metadata. Written out instead of tonic's generated client, whose decoder
+/// keeps a buffer as large as the largest response for the life of the
+/// stream (130 KB per relayed proxy on the standard mesh): the
+/// [`MessageReader`] holds bytes only while a response is incomplete.
+async fn call_upstream<C: RelayCore>(
+    mut channel: Channel,
+    requests: Unboxed<C::Request>,
+    min_revision: i64,
+) -> Result<MessageReader<C::Response>, Status> {
+    let frames = requests.map(|request| Ok::<_, Status>(http_body::Frame::data(meshplane_grpc::frame(&request))));
+    let request = http::Request::post(C::PATH)
+        .header(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE)
+        .header(http::header::TE, "trailers")
+        .header(MIN_REVISION_HEADER, min_revision)
+        .body(tonic::body::Body::new(http_body_util::StreamBody::new(frames)))
+        .map_err(|e| Status::internal(format!("cannot build the upstream request: {e}")))?;
+    std::future::poll_fn(|cx| Service::poll_ready(&mut channel, cx))
+        .await
+        .map_err(|e| Status::unavailable(format!("the shard connection is not ready: {e}")))?;
+    let response = Service::call(&mut channel, request)
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot open a stream to the shard: {e}")))?;
+    // A trailers-only response (the shard refused the stream) carries its
+    // status in the headers.
+    if let Some(status) = Status::from_header_map(response.headers())
+        && status.code() != Code::Ok
+    {
+        return Err(status);
+    }
+    if response.status() != http::StatusCode::OK {
+        return Err(Status::unavailable(format!("the shard answered HTTP {}", response.status())));
+    }
+    Ok(MessageReader::new(response.into_body(), MAX_MESSAGE_BYTES, "response"))
 }
 
 /// What the stream loop needs from a relay core.
 trait RelayCore: Sized + Send + 'static {
-    type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: prost::Message + Default + Send + 'static;
     const NAME: &'static str;
+    /// The gRPC method the upstream stream calls.
+    const PATH: &'static str;
     fn new(first: Self::Request) -> Result<Self, RelayError>;
     fn node_id(&self) -> &str;
     fn epoch(&self) -> u64;
@@ -413,16 +441,13 @@ trait RelayCore: Sized + Send + 'static {
     /// The highest store revision the proxy has been sent (0: unknown).
     fn revision(&self) -> i64;
     fn min_revision(&self, frontend_seen: i64) -> i64;
-    fn open(
-        client: AggregatedDiscoveryServiceClient<Channel>,
-        request: Request<Unboxed<Self::Request>>,
-    ) -> OpenFuture<Self::Response>;
 }
 
 impl RelayCore for DeltaRelay {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaDiscoveryResponse;
     const NAME: &'static str = "delta";
+    const PATH: &'static str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
     fn new(first: Self::Request) -> Result<Self, RelayError> {
         DeltaRelay::new(first)
     }
@@ -468,18 +493,13 @@ impl RelayCore for DeltaRelay {
     fn min_revision(&self, frontend_seen: i64) -> i64 {
         DeltaRelay::min_revision(self, frontend_seen)
     }
-    fn open(
-        mut client: AggregatedDiscoveryServiceClient<Channel>,
-        request: Request<Unboxed<Self::Request>>,
-    ) -> OpenFuture<Self::Response> {
-        Box::pin(async move { client.delta_aggregated_resources(request).await })
-    }
 }
 
 impl RelayCore for SotwRelay {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
     const NAME: &'static str = "sotw";
+    const PATH: &'static str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
     fn new(first: Self::Request) -> Result<Self, RelayError> {
         SotwRelay::new(first)
     }
@@ -525,19 +545,13 @@ impl RelayCore for SotwRelay {
     fn min_revision(&self, frontend_seen: i64) -> i64 {
         SotwRelay::min_revision(self, frontend_seen)
     }
-    fn open(
-        mut client: AggregatedDiscoveryServiceClient<Channel>,
-        request: Request<Unboxed<Self::Request>>,
-    ) -> OpenFuture<Self::Response> {
-        Box::pin(async move { client.stream_aggregated_resources(request).await })
-    }
 }
 
 /// The stream to the current owner.
 struct Upstream<C: RelayCore> {
     shard: ShardEntry,
     requests: mpsc::Sender<Box<C::Request>>,
-    responses: Streaming<C::Response>,
+    responses: MessageReader<C::Response>,
 }
 
 /// Why the upstream stream is no more.
@@ -564,8 +578,8 @@ struct RelayStream<C: RelayCore> {
     shared: Arc<Shared>,
     id: u64,
     core: C,
-    inbound: Streaming<C::Request>,
-    tx: mpsc::Sender<Box<Result<C::Response, Status>>>,
+    inbound: MessageReader<C::Request>,
+    tx: mpsc::Sender<Outbound>,
     upstream: Option<Upstream<C>>,
 }
 
@@ -580,11 +594,7 @@ impl Drop for StreamGuard {
     }
 }
 
-impl<C: RelayCore> RelayStream<C>
-where
-    Streaming<C::Request>: tokio_stream::Stream<Item = Result<C::Request, Status>> + Unpin,
-    Streaming<C::Response>: tokio_stream::Stream<Item = Result<C::Response, Status>> + Unpin,
-{
+impl<C: RelayCore> RelayStream<C> {
     async fn run(mut self) {
         let shared = self.shared.clone();
         shared.metrics.streams.fetch_add(1, Ordering::Relaxed);
@@ -623,8 +633,10 @@ where
                     None => {
                         retry_at = None;
                         if !membership_open {
-                            let _ =
-                                self.tx.send(Box::new(Err(Status::unavailable("the frontend is shutting down")))).await;
+                            let _ = self
+                                .tx
+                                .send(Outbound::Close(Box::new(Status::unavailable("the frontend is shutting down"))))
+                                .await;
                             break;
                         }
                         tracing::debug!(proxy = %self.core.node_id(), "no shard available; waiting for membership");
@@ -637,7 +649,7 @@ where
                         Err(Lost::Terminal(status)) => {
                             tracing::warn!(proxy = %self.core.node_id(), shard = %owner.record.id,
                                 "shard refused the proxy: {status}");
-                            let _ = self.tx.send(Box::new(Err(status))).await;
+                            let _ = self.tx.send(Outbound::Close(Box::new(status))).await;
                             break;
                         }
                         Err(Lost::Retry(why)) => {
@@ -658,8 +670,8 @@ where
                 (a, b) => a.or(b),
             };
             tokio::select! {
-                msg = self.inbound.next() => match msg {
-                    Some(Ok(req)) => match self.core.on_proxy_request(req) {
+                msg = self.inbound.message() => match msg {
+                    Ok(Some(req)) => match self.core.on_proxy_request(req) {
                         Ok(Some(forward)) => {
                             if let Some(up) = &self.upstream
                                 && up.requests.send(Box::new(forward)).await.is_err()
@@ -670,15 +682,15 @@ where
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(proxy = %self.core.node_id(), "closing ADS stream: {e}");
-                            let _ = self.tx.send(Box::new(Err(Status::invalid_argument(e.to_string())))).await;
+                            let _ = self.tx.send(Outbound::Close(Box::new(Status::invalid_argument(e.to_string())))).await;
                             break;
                         }
                     },
-                    Some(Err(status)) => {
+                    Err(status) => {
                         tracing::debug!(proxy = %self.core.node_id(), "proxy stream error: {status}");
                         break;
                     }
-                    None => break,
+                    Ok(None) => break,
                 },
                 resp = next_response(&mut self.upstream) => match resp {
                     Ok(Some(resp)) => {
@@ -687,7 +699,7 @@ where
                         shared.metrics.relayed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                         let resp = self.core.on_upstream_response(resp);
                         shared.revision_seen.fetch_max(self.core.revision(), Ordering::Relaxed);
-                        if self.tx.send(Box::new(Ok(resp))).await.is_err() {
+                        if self.tx.send(Outbound::Message(EncodedMessage::of(&resp))).await.is_err() {
                             break;
                         }
                     }
@@ -695,7 +707,7 @@ where
                     Err(status) => match classify(status) {
                         Lost::Terminal(status) => {
                             tracing::warn!(proxy = %self.core.node_id(), "shard ended the stream: {status}");
-                            let _ = self.tx.send(Box::new(Err(status))).await;
+                            let _ = self.tx.send(Outbound::Close(Box::new(status))).await;
                             break;
                         }
                         retry => self.upstream_lost(retry),
@@ -736,12 +748,9 @@ where
         for req in replay {
             tx.try_send(Box::new(req)).map_err(|_| Lost::Retry("replay does not fit the request buffer".into()))?;
         }
-        let client = AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let call = C::open(client, upstream_request(unboxed(rx), min_revision));
+        let call = call_upstream::<C>(channel, unboxed(rx), min_revision);
         let result = match tokio::time::timeout(self.shared.config.connect_timeout, call).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Ok(responses)) => Ok(responses),
             Ok(Err(status)) => Err(classify(status)),
             Err(_) => {
                 Err(Lost::Retry(format!("no answer within {:?} (connect_timeout)", self.shared.config.connect_timeout)))
@@ -807,12 +816,9 @@ where
     }
 }
 
-async fn next_response<C: RelayCore>(upstream: &mut Option<Upstream<C>>) -> Result<Option<C::Response>, Status>
-where
-    Streaming<C::Response>: tokio_stream::Stream<Item = Result<C::Response, Status>> + Unpin,
-{
+async fn next_response<C: RelayCore>(upstream: &mut Option<Upstream<C>>) -> Result<Option<C::Response>, Status> {
     match upstream {
-        Some(up) => up.responses.next().await.transpose(),
+        Some(up) => up.responses.message().await,
         None => std::future::pending().await,
     }
 }

@@ -73,7 +73,8 @@ mod sotw;
 mod transport;
 
 pub use delta::DeltaStream;
-pub use response::{DeltaResponse, EncodedMessage, SotwResponse};
+pub use meshplane_grpc::EncodedMessage;
+pub use response::{DeltaResponse, SotwResponse};
 pub use server::{AdsMetrics, AdsServer};
 pub use sotw::SotwStream;
 pub use transport::AdsService;

@@ -30,6 +30,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse, DiscoveryResponse, Resource as XdsResource,
 };
 use envoy_types::pb::google::protobuf::Any;
+use meshplane_grpc::EncodedMessage;
 
 use crate::resources::{Resource, ResourceType};
 
@@ -49,32 +50,6 @@ pub(super) const MIN_CHUNK: usize = 512;
 
 /// gRPC's message prefix: compressed flag (0) and big-endian length.
 const GRPC_PREFIX: usize = 5;
-
-/// One gRPC message, ready for the wire: its chunks, in order.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct EncodedMessage {
-    pub chunks: Vec<Bytes>,
-}
-
-impl EncodedMessage {
-    /// The total length, prefix included.
-    pub fn len(&self) -> usize {
-        self.chunks.iter().map(Bytes::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    /// All chunks in one buffer (tests, and callers that need contiguous bytes).
-    pub fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.len());
-        for chunk in &self.chunks {
-            out.extend_from_slice(chunk);
-        }
-        out.freeze()
-    }
-}
 
 /// A Delta ADS response (`DeltaDiscoveryResponse`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -135,7 +135,7 @@ impl AdsServer {
 
     /// The gRPC service, for `tonic::transport::Server::add_service`.
     pub fn into_service(self) -> AdsService {
-        AdsService::new(self)
+        meshplane_grpc::StreamingService(self)
     }
 
     /// Spawn the stream's task and return its response body at once: the

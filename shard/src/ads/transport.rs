@@ -1,9 +1,10 @@
-//! The gRPC routes of ADS, written out by hand instead of tonic's generated
-//! server and codec, so that a stream holds no buffer between messages.
+//! The gRPC routes of ADS, served by `meshplane_grpc::StreamingService`
+//! instead of tonic's generated server and codec, so that a stream holds no
+//! buffer between messages.
 //!
 //! ```text
 //!  POST /envoy.service.discovery.v3.AggregatedDiscoveryService/{Delta,Stream}AggregatedResources
-//!    request body ──▶ Requests: gRPC frames ─▶ prost decode ─▶ stream task (server.rs)
+//!    request body ──▶ Requests (MessageReader): gRPC frames ─▶ prost decode ─▶ stream task (server.rs)
 //!    response body ◀── ResponseBody ◀── mpsc<Outbound> ◀── EncodedMessage chunks (response.rs)
 //!                      data chunks as they are, then trailers (grpc-status)
 //! ```
@@ -17,24 +18,14 @@
 //! Everything else (HTTP/2, timeouts, routing by service name) is still
 //! tonic's server.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-
-use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
-use http::header::CONTENT_TYPE;
-use http_body::{Body as _, Frame};
-use prost::Message;
-use tokio::sync::mpsc;
-use tonic::Status;
+use meshplane_grpc::{Started, StreamingMethods, StreamingService};
 use tonic::body::Body;
 
-use super::{AdsServer, DeltaStream, EncodedMessage, SotwStream};
+use super::{AdsServer, DeltaStream, SotwStream};
 
-/// The service, as gRPC names it.
-const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+pub(super) use meshplane_grpc::{Outbound, ResponseBody};
+
 const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
@@ -42,205 +33,26 @@ const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/
 /// first request lists every resource it holds (about 100 bytes each).
 const MAX_REQUEST_BYTES: usize = 4 << 20;
 
-/// gRPC's message prefix: compressed flag and big-endian length.
-const GRPC_PREFIX: usize = 5;
-
 /// The ADS gRPC service (Delta and State-of-the-World), for
 /// `tonic::transport::Server::add_service`. Made by [`AdsServer::into_service`].
-#[derive(Clone, Debug)]
-pub struct AdsService {
-    server: AdsServer,
-}
-
-impl AdsService {
-    pub(super) fn new(server: AdsServer) -> Self {
-        Self { server }
-    }
-}
-
-impl tonic::server::NamedService for AdsService {
-    const NAME: &'static str = SERVICE;
-}
-
-impl tonic::codegen::Service<http::Request<Body>> for AdsService {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let server = self.server.clone();
-        Box::pin(async move {
-            let started = match request.uri().path() {
-                DELTA_PATH => serve::<DeltaStream>(&server, request).await,
-                SOTW_PATH => serve::<SotwStream>(&server, request).await,
-                other => Err(Status::unimplemented(format!(
-                    "{other} is not an ADS method; this server serves {DELTA_PATH} and {SOTW_PATH}"
-                ))),
-            };
-            Ok(started.unwrap_or_else(Status::into_http))
-        })
-    }
-}
-
-/// Start one stream: the response headers go out at once (see
-/// `AdsServer::start`); only a refused request encoding is a trailers-only
-/// response.
-async fn serve<P: super::server::Protocol>(
-    server: &AdsServer,
-    request: http::Request<Body>,
-) -> Result<http::Response<Body>, Status> {
-    if let Some(encoding) = request.headers().get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
-        return Err(Status::unimplemented(format!(
-            "request messages are compressed with {encoding:?}, which this server does not accept; \
-             turn off gRPC compression for the xDS stream"
-        )));
-    }
-    let (parts, body) = request.into_parts();
-    let responses = server.start::<P>(&parts.headers, Requests::new(body));
-    let mut response = http::Response::new(Body::new(responses));
-    response.headers_mut().insert(CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
-    Ok(response)
-}
+pub type AdsService = StreamingService<AdsServer>;
 
 /// The proxy's requests: gRPC messages decoded from the request body.
-pub(super) struct Requests<M> {
-    body: Body,
-    /// An incomplete message (or several); empty, and unallocated, between
-    /// messages.
-    buf: BytesMut,
-    ended: bool,
-    _message: std::marker::PhantomData<fn() -> M>,
-}
+pub(super) type Requests<M> = meshplane_grpc::MessageReader<M>;
 
-impl<M: Message + Default> Requests<M> {
-    pub(super) fn new(body: Body) -> Self {
-        Self { body, buf: BytesMut::new(), ended: false, _message: std::marker::PhantomData }
-    }
+impl StreamingMethods for AdsServer {
+    const SERVICE: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 
-    /// The next request; `None` once the proxy has closed its side. Cancel
-    /// safe: what was read stays buffered for the next call.
-    pub(super) async fn message(&mut self) -> Result<Option<M>, Status> {
-        std::future::poll_fn(|cx| self.poll_message(cx)).await
-    }
-
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<M>, Status>> {
-        loop {
-            if let Some(message) = decode_frame(&mut self.buf)? {
-                if self.buf.is_empty() {
-                    // Give the memory back: most requests are small, and a
-                    // reconnect's first one is large and never repeated.
-                    self.buf = BytesMut::new();
-                }
-                return Poll::Ready(Ok(Some(message)));
-            }
-            if self.ended {
-                return Poll::Ready(if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(Status::internal("the request stream ended in the middle of a message"))
-                });
-            }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(status)) => return Poll::Ready(Err(status)),
-                None => self.ended = true,
-            }
+    fn start(&self, path: &str, headers: &HeaderMap, body: Body) -> Option<Started> {
+        let (server, headers) = (self.clone(), headers.clone());
+        match path {
+            DELTA_PATH => Some(Box::pin(async move {
+                Ok(server.start::<DeltaStream>(&headers, Requests::new(body, MAX_REQUEST_BYTES, "request")))
+            })),
+            SOTW_PATH => Some(Box::pin(async move {
+                Ok(server.start::<SotwStream>(&headers, Requests::new(body, MAX_REQUEST_BYTES, "request")))
+            })),
+            _ => None,
         }
-    }
-}
-
-/// Take one complete gRPC message off the front of `buf`, if there is one.
-fn decode_frame<M: Message + Default>(buf: &mut BytesMut) -> Result<Option<M>, Status> {
-    if buf.len() < GRPC_PREFIX {
-        return Ok(None);
-    }
-    let compressed = buf[0];
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if compressed != 0 {
-        return Err(Status::unimplemented(
-            "a request message is compressed, which this server does not accept; \
-             turn off gRPC compression for the xDS stream",
-        ));
-    }
-    if len > MAX_REQUEST_BYTES {
-        return Err(Status::out_of_range(format!(
-            "a request message of {len} bytes is over the limit of {MAX_REQUEST_BYTES} bytes"
-        )));
-    }
-    if buf.len() < GRPC_PREFIX + len {
-        buf.reserve(GRPC_PREFIX + len - buf.len());
-        return Ok(None);
-    }
-    let message = M::decode(&buf[GRPC_PREFIX..GRPC_PREFIX + len])
-        .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))?;
-    buf.advance(GRPC_PREFIX + len);
-    Ok(Some(message))
-}
-
-/// What a stream's task sends its response body.
-#[derive(Debug)]
-pub(super) enum Outbound {
-    Message(EncodedMessage),
-    /// End the stream with this status (boxed: it is large, and every
-    /// channel slot would be as large as it).
-    Close(Box<Status>),
-}
-
-/// The response body: each message's chunks as data frames, then the
-/// trailers: the status the stream was closed with, or OK when the task
-/// ended without one.
-pub(super) struct ResponseBody {
-    rx: mpsc::Receiver<Outbound>,
-    chunks: std::vec::IntoIter<Bytes>,
-    ended: bool,
-}
-
-impl ResponseBody {
-    pub(super) fn new(rx: mpsc::Receiver<Outbound>) -> Self {
-        Self { rx, chunks: Vec::new().into_iter(), ended: false }
-    }
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        loop {
-            if let Some(chunk) = self.chunks.next() {
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            if self.ended {
-                return Poll::Ready(None);
-            }
-            let status = match ready!(self.rx.poll_recv(cx)) {
-                Some(Outbound::Message(message)) => {
-                    self.chunks = message.chunks.into_iter();
-                    continue;
-                }
-                Some(Outbound::Close(status)) => *status,
-                None => Status::ok(""),
-            };
-            self.ended = true;
-            let mut trailers = HeaderMap::new();
-            // Only a message that is not a valid header value fails; say so
-            // instead of dropping the status.
-            if let Err(invalid) = status.add_header(&mut trailers) {
-                invalid.add_header(&mut trailers).ok();
-            }
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended && self.chunks.len() == 0
     }
 }
