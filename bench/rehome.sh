@@ -271,14 +271,6 @@ pid_of() { cat "$work/topology/pids/$1.pid"; }
 metrics() { curl -fsS --max-time 10 "$frontend_admin/metrics"; }
 connections() { curl -fsS --max-time 10 "$frontend_admin/debug/connections"; }
 
-# The ports must be free (other benchmarks and tests share loopback).
-for port in $BASE $((BASE + 1)) $((BASE + 2)) $((BASE + 10)) $((BASE + 11)) $((BASE + 30)) $((BASE + 31)) \
-	$(seq $((BASE + 100)) $((BASE + 99 + SHARDS))) $(seq $((BASE + 200)) $((BASE + 199 + SHARDS))); do
-	if ss -Htln "sport = :$port" | grep -q .; then
-		echo "port $port is in use; pick another BASE_PORT" >&2
-		exit 1
-	fi
-done
 
 # registry-sync writes the whole directory as one etcd transaction: a mesh of
 # this size is more operations (and bytes) than etcd takes by default.

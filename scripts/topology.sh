@@ -99,6 +99,16 @@ start() {
 	mkdir -p "$RUN_DIR/pids" "$RUN_DIR/logs"
 	export MESHPLANE_LOG=${MESHPLANE_LOG:-info}
 
+	# Every port of the layout must be free: benchmarks and tests share loopback.
+	local i port ports=("$BASE" $((BASE + 1)) $((BASE + 2)))
+	for ((i = 0; i < frontends; i++)); do ports+=($((BASE + 10 + i)) $((BASE + 30 + i))); done
+	for ((i = 0; i < shards; i++)); do ports+=($((BASE + 100 + i)) $((BASE + 200 + i))); done
+	for port in "${ports[@]}"; do
+		if ss -Hltn "sport = :$port" | grep -q .; then
+			die "port $port is in use (another topology or benchmark?): pick another MESHPLANE_BASE_PORT"
+		fi
+	done
+
 	local client="http://127.0.0.1:$BASE" peer="http://127.0.0.1:$((BASE + 1))"
 	local store="etcd://127.0.0.1:$BASE"
 	rm -rf "$RUN_DIR/etcd"
@@ -112,7 +122,6 @@ start() {
 		--admin-addr "127.0.0.1:$((BASE + 2))"
 	wait_ready registry-sync "http://127.0.0.1:$((BASE + 2))/ready"
 
-	local i
 	for ((i = 0; i < shards; i++)); do
 		launch "shard-$i" "$BIN" shard --shard-id "shard-$i" --store "$store" \
 			--listen "127.0.0.1:$((BASE + 100 + i))" --admin-addr "127.0.0.1:$((BASE + 200 + i))"
